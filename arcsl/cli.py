@@ -1,0 +1,111 @@
+"""The `arcsl` command: flags -> config dataclasses -> one function call per subcommand.
+
+Examples:
+    arcsl tasks --dataset arc-agi-1/evaluation --sort large-first --limit 5
+    arcsl show 00576224 --dataset arc-agi-1/evaluation --output-dir out/show
+    arcsl show 00576224 --dataset arc-agi-1/evaluation --predictions out/submission.json
+
+Flags are generated from the dataclass fields in `config.py` (their `help` metadata), so the
+config is the one source of truth; this module holds no logic beyond wiring.
+"""
+
+import argparse
+import dataclasses
+import sys
+import types
+from pathlib import Path
+from typing import get_args, get_origin, get_type_hints
+
+from arcsl.config import DataConfig
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
+    """Add one kebab-case flag per field of the dataclass `cls` (except `skip`), with its default and help."""
+    group = parser.add_argument_group(cls.__name__)
+    hints = get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        kind, default, help_text = hints[f.name], f.default, f.metadata.get("help", "")
+        help_text = f"{help_text} (default: {default})"
+        if get_origin(kind) in (types.UnionType,):  # X | None
+            kind = next(a for a in get_args(kind) if a is not type(None))
+        if kind is bool:
+            group.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, default=default, help=help_text)
+        elif get_origin(kind) is list:
+            group.add_argument(_flag(f.name), nargs="+", type=get_args(kind)[0], default=default, help=help_text)
+        else:
+            group.add_argument(_flag(f.name), type=kind, default=default, help=help_text)
+
+
+def config_from_args(cls: type, args: argparse.Namespace, **overrides):
+    """Build `cls` from the parsed flags that `add_config_args` added, plus `overrides`."""
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    return cls(**(values | overrides))
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="arcsl", description="Search and learn for ARC-AGI.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    tasks = sub.add_parser("tasks", help="list the tasks of a dataset (validates every one)")
+    add_config_args(tasks, DataConfig)
+
+    show = sub.add_parser("show", help="render tasks (and predictions) to PNG and HTML")
+    show.add_argument("ids", nargs="+", metavar="TASK_ID", help="task ids to render")
+    show.add_argument("--predictions", default=None, help="a Kaggle submission.json whose attempts to draw")
+    show.add_argument("--output-dir", default=".", help="where TASK_ID.png and TASK_ID.html go (default: .)")
+    add_config_args(show, DataConfig, skip=("task_ids", "limit", "sort"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    try:
+        if args.command == "tasks":
+            return list_tasks(config_from_args(DataConfig, args))
+        if args.command == "show":
+            return show(config_from_args(DataConfig, args, task_ids=args.ids), Path(args.output_dir), args.predictions)
+    except ValueError as e:  # user mistakes (bad flags, bad files): one clear line, no traceback
+        print(f"arcsl {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    raise AssertionError(f"unhandled command {args.command!r}")
+
+
+# --- subcommands: each loads what it needs and calls one library function ----------------------
+
+def _load(cfg: DataConfig) -> list:
+    from arcsl.grids import load_dataset
+
+    result = load_dataset(cfg)
+    for error in result.skipped:
+        print(f"skipped invalid task: {error}", file=sys.stderr)
+    return result.tasks
+
+
+def list_tasks(cfg: DataConfig) -> int:
+    tasks = _load(cfg)
+    print(f"{'task':<12} {'train':>5} {'test':>4} {'cells':>6} {'test outputs':>12}")
+    for t in tasks:
+        print(f"{t.id:<12} {len(t.train):>5} {len(t.test):>4} {t.num_cells:>6} {'yes' if t.has_test_outputs else 'no':>12}")
+    print(f"{len(tasks)} tasks from {cfg.dataset}")
+    return 0
+
+
+def show(cfg: DataConfig, output_dir: Path, predictions: str | None) -> int:
+    from arcsl.render import show_tasks
+    from arcsl.submission import read_submission
+
+    tasks = _load(cfg)
+    attempts = read_submission(Path(predictions)) if predictions else {}
+    for path in show_tasks(tasks, output_dir, attempts):
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
