@@ -1,4 +1,4 @@
-"""The BARC `common` DSL, rebuilt clean-room from /work/shared/spec/barc-dsl.md.
+"""The BARC `common` DSL, rebuilt clean-room from a behavioural specification of BARC's module.
 
 BARC seed programs and the programs the BARC induction models write start with
 `from common import *`. The sandbox loads this file standalone as a module named `common`, so it
