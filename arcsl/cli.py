@@ -4,6 +4,8 @@ Examples:
     arcsl tasks --dataset arc-agi-1/evaluation --sort large-first --limit 5
     arcsl show 00576224 --dataset arc-agi-1/evaluation --output-dir out/show
     arcsl show 00576224 --dataset arc-agi-1/evaluation --predictions out/submission.json
+    arcsl validate-submission out/submission.json --dataset data/arc-agi_test_challenges.json
+    arcsl score out/submission.json --dataset arc-agi-1/evaluation
 
 Flags are generated from the dataclass fields in `config.py` (their `help` metadata), so the
 config is the one source of truth; this module holds no logic beyond wiring.
@@ -60,6 +62,15 @@ def make_parser() -> argparse.ArgumentParser:
     show.add_argument("--predictions", default=None, help="a Kaggle submission.json whose attempts to draw")
     show.add_argument("--output-dir", default=".", help="where TASK_ID.png and TASK_ID.html go (default: .)")
     add_config_args(show, DataConfig, skip=("task_ids", "limit", "sort"))
+
+    score = sub.add_parser("score", help="score a submission.json against the solutions, per task and overall")
+    score.add_argument("submission", help="Kaggle submission.json to score")
+    add_config_args(score, DataConfig)
+
+    validate = sub.add_parser("validate-submission", help="check a submission.json against the challenges "
+                                                          "(exit 1 and list every problem if invalid)")
+    validate.add_argument("submission", help="Kaggle submission.json to check")
+    add_config_args(validate, DataConfig, skip=("task_ids", "limit", "sort"))
     return parser
 
 
@@ -70,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
             return list_tasks(config_from_args(DataConfig, args))
         if args.command == "show":
             return show(config_from_args(DataConfig, args, task_ids=args.ids), Path(args.output_dir), args.predictions)
+        if args.command == "score":
+            return score(config_from_args(DataConfig, args), Path(args.submission))
+        if args.command == "validate-submission":
+            return validate_submission(config_from_args(DataConfig, args), Path(args.submission))
     except ValueError as e:  # user mistakes (bad flags, bad files): one clear line, no traceback
         print(f"arcsl {args.command}: error: {e}", file=sys.stderr)
         return 2
@@ -105,6 +120,33 @@ def show(cfg: DataConfig, output_dir: Path, predictions: str | None) -> int:
     for path in show_tasks(tasks, output_dir, attempts):
         print(path)
     return 0
+
+
+def score(cfg: DataConfig, submission: Path) -> int:
+    from arcsl.submission import overall_score, read_submission, score_submission
+
+    scores = score_submission(read_submission(submission), _load(cfg))
+    print(f"{'task':<12} {'test':>4} {'correct':>7} {'score':>6}")
+    for s in scores:
+        print(f"{s.task_id:<12} {s.num_test:>4} {s.num_correct:>7} {s.score:>6.3f}{'  (missing)' if s.is_missing else ''}")
+    print(f"score {overall_score(scores):.2%}: {sum(s.score for s in scores):.2f} of {len(scores)} tasks, "
+          f"{sum(s.num_correct for s in scores)} of {sum(s.num_test for s in scores)} test inputs correct, "
+          f"{sum(s.is_missing for s in scores)} tasks missing from {submission}")
+    return 0
+
+
+def validate_submission(cfg: DataConfig, submission: Path) -> int:
+    from arcsl.submission import validate_submission_file
+
+    tasks = _load(cfg)
+    problems = validate_submission_file(submission, tasks)
+    for problem in problems:
+        print(problem)
+    if problems:
+        print(f"{submission}: {len(problems)} problems")
+    else:
+        print(f"{submission}: valid for the {len(tasks)} tasks of {cfg.dataset}")
+    return 1 if problems else 0
 
 
 if __name__ == "__main__":
