@@ -18,7 +18,12 @@ import types
 from pathlib import Path
 from typing import get_args, get_origin, get_type_hints
 
-from arcsl.config import DataConfig
+from arcsl.config import (DataConfig, FinetuneConfig, LoopConfig, ModelConfig, RelabelConfig, RunConfig,
+                          SamplingConfig, SandboxConfig, SolveConfig)
+
+# SolveConfig's groups, in its field order
+SOLVE_GROUPS = (DataConfig, ModelConfig, SamplingConfig, FinetuneConfig, RelabelConfig, LoopConfig, SandboxConfig,
+                RunConfig)
 
 
 def _flag(name: str) -> str:
@@ -71,6 +76,11 @@ def make_parser() -> argparse.ArgumentParser:
                                                           "(exit 1 and list every problem if invalid)")
     validate.add_argument("submission", help="Kaggle submission.json to check")
     add_config_args(validate, DataConfig, skip=("task_ids", "limit", "sort"))
+
+    solve = sub.add_parser("solve", help="search and learn on a dataset; writes submission.json, metrics, report")
+    for group in SOLVE_GROUPS:
+        # the loop sets samples per prompt (samples_per_view); one flag, not two
+        add_config_args(solve, group, skip=("num_samples",))
     return parser
 
 
@@ -85,6 +95,11 @@ def main(argv: list[str] | None = None) -> int:
             return score(config_from_args(DataConfig, args), Path(args.submission))
         if args.command == "validate-submission":
             return validate_submission(config_from_args(DataConfig, args), Path(args.submission))
+        if args.command == "solve":
+            from arcsl.solve import solve
+
+            solve(SolveConfig(*(config_from_args(group, args) for group in SOLVE_GROUPS)))
+            return 0
     except ValueError as e:  # user mistakes (bad flags, bad files): one clear line, no traceback
         print(f"arcsl {args.command}: error: {e}", file=sys.stderr)
         return 2

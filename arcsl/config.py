@@ -20,8 +20,8 @@ class SandboxConfig:
             raise ValueError(f"num_workers must be >= 0 (0 = one per core), got {self.num_workers}")
         if self.timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
-        if self.memory_mb < 64:
-            raise ValueError(f"memory_mb must be >= 64, got {self.memory_mb}")
+        if self.memory_mb < 256:
+            raise ValueError(f"memory_mb must be >= 256 (a worker needs ~200 MB for numpy and scipy), got {self.memory_mb}")
         if not 1 <= self.max_side <= 1000:
             raise ValueError(f"max_side must be in 1..1000, got {self.max_side}")
 
@@ -48,3 +48,199 @@ class DataConfig:
             raise ValueError(f"sort must be one of {', '.join(SORT_ORDERS)}; got {self.sort!r}")
         if self.limit < -1 or self.limit == 0:
             raise ValueError(f"limit must be a positive number of tasks or -1 (all); got {self.limit}")
+
+
+LORA_TARGETS = {"all-linear": "all-linear", "attention": ["q_proj", "k_proj", "v_proj", "o_proj"]}
+
+
+@dataclass(slots=True)
+class ModelConfig:
+    model: str = field(default="barc0/Llama-3.1-ARC-Potpourri-Induction-8B", metadata={
+        "help": "Hugging Face causal LM: hub id or local directory (with its tokenizer and chat template)"})
+    device: str = field(default="auto", metadata={"help": "auto (cuda if available, else cpu), cuda, cuda:N or cpu"})
+    load_in_4bit: bool = field(default=False, metadata={
+        "help": "4-bit NF4 base weights via bitsandbytes (GPU only), to fine-tune on small GPUs"})
+    lora_rank: int = field(default=32, metadata={"help": "LoRA rank r"})
+    lora_alpha: float = field(default=32.0, metadata={
+        "help": "LoRA alpha; the update is scaled by alpha/sqrt(r) with rsLoRA, alpha/r without"})
+    lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA input (0 is faster)"})
+    lora_targets: str = field(default="all-linear", metadata={
+        "help": "layers that get a LoRA: all-linear, attention (q/k/v/o projections), or comma-separated module names"})
+    use_rslora: bool = field(default=True, metadata={"help": "rank-stabilised LoRA scaling (alpha/sqrt(r))"})
+    use_dora: bool = field(default=False, metadata={"help": "weight-decomposed LoRA (DoRA); slower"})
+    lora_seed: int = field(default=0, metadata={"help": "seed of the LoRA initialisation (reset restores this state)"})
+
+    def __post_init__(self):
+        if self.device != "auto" and self.device.split(":")[0] not in ("cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:N; got {self.device!r}")
+        if self.lora_rank < 1:
+            raise ValueError(f"lora_rank must be >= 1, got {self.lora_rank}")
+        if self.lora_alpha <= 0:
+            raise ValueError(f"lora_alpha must be > 0, got {self.lora_alpha}")
+        if not 0 <= self.lora_dropout < 1:
+            raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if not self.lora_targets.strip(", "):
+            raise ValueError(f"lora_targets must be all-linear, attention or module names; got {self.lora_targets!r}")
+
+    @property
+    def target_modules(self) -> str | list[str]:
+        """The `target_modules` argument of peft's LoraConfig."""
+        return LORA_TARGETS.get(self.lora_targets) or [t.strip() for t in self.lora_targets.split(",") if t.strip()]
+
+
+@dataclass(slots=True)
+class SamplingConfig:
+    num_samples: int = field(default=8, metadata={"help": "samples per prompt (the prompt is prefilled once for all)"})
+    temperature: float = field(default=1.0, metadata={"help": "softmax temperature; 0 = greedy"})
+    top_p: float = field(default=0.95, metadata={"help": "nucleus sampling mass; 1 = off"})
+    max_new_tokens: int = field(default=1024, metadata={"help": "most tokens generated per sample"})
+    stop_at_code_end: bool = field(default=True, metadata={
+        "help": "stop a sample once it has closed its first ``` code block (a line starting with ``` after the opening fence)"})
+    ignore_eos: bool = field(default=False, metadata={"help": "generate max_new_tokens whatever comes (benchmarks)"})
+    max_batch_size: int = field(default=0, metadata={
+        "help": "most sequences decoded together; 0 = as many as fit in GPU memory (64 on CPU)"})
+    cuda_graphs: bool = field(default=True, metadata={"help": "replay the decode step as a CUDA graph (GPU only)"})
+
+    def __post_init__(self):
+        if self.num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.max_batch_size < 0:
+            raise ValueError(f"max_batch_size must be >= 0 (0 = sized to memory), got {self.max_batch_size}")
+
+
+@dataclass(slots=True)
+class FinetuneConfig:
+    learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate (constant after warm-up)"})
+    weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
+    warmup_steps: int = field(default=0, metadata={
+        "help": "optimizer steps of linear warm-up, counted from the last reset (not per call)"})
+    num_epochs: int = field(default=1, metadata={"help": "passes over the examples per finetune call"})
+    examples_per_step: int = field(default=1, metadata={
+        "help": "examples per optimizer step (gradients are accumulated over micro-batches)"})
+    max_tokens_per_micro_batch: int = field(default=8192, metadata={
+        "help": "most padded tokens in one forward/backward; length-sorted examples are packed up to it"})
+    max_seq_len: int = field(default=8192, metadata={"help": "longer examples (prompt + completion) are dropped"})
+    max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm; 0 = off"})
+    gradient_checkpointing: bool = field(default=False, metadata={
+        "help": "recompute activations in the backward pass: much less memory, about a third slower"})
+
+    def __post_init__(self):
+        if self.learning_rate <= 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.weight_decay < 0 or self.warmup_steps < 0 or self.max_grad_norm < 0:
+            raise ValueError(f"weight_decay, warmup_steps and max_grad_norm must be >= 0; got "
+                             f"{self.weight_decay}, {self.warmup_steps}, {self.max_grad_norm}")
+        if self.num_epochs < 1 or self.examples_per_step < 1:
+            raise ValueError(f"num_epochs and examples_per_step must be >= 1; got {self.num_epochs}, {self.examples_per_step}")
+        if self.max_seq_len < 2 or self.max_tokens_per_micro_batch < self.max_seq_len:
+            raise ValueError(f"need 2 <= max_seq_len <= max_tokens_per_micro_batch; got max_seq_len={self.max_seq_len}, "
+                             f"max_tokens_per_micro_batch={self.max_tokens_per_micro_batch}")
+
+
+RELABEL_ROUNDS = ("last", "all")
+EXAMPLE_ORDERS = ("worst-first", "best-first", "random")
+
+
+@dataclass(slots=True)
+class RelabelConfig:
+    relabel_rounds: str = field(default="last", metadata={
+        "help": "attempts that become training examples: last (the round just searched) or all (every round so far)"})
+    skip_trained: bool = field(default=True, metadata={
+        "help": "skip outputs already trained on in earlier rounds of the same task"})
+    drop_identity: bool = field(default=False, metadata={
+        "help": "drop programs that return every train input unchanged"})
+    max_examples: int = field(default=-1, metadata={
+        "help": "examples per round, the best by train score kept; -1 = no cap"})
+    example_order: str = field(default="worst-first", metadata={
+        "help": "order of a round's examples: worst-first, best-first (by train score) or random"})
+
+    def __post_init__(self):
+        if self.relabel_rounds not in RELABEL_ROUNDS:
+            raise ValueError(f"relabel_rounds must be one of {', '.join(RELABEL_ROUNDS)}; got {self.relabel_rounds!r}")
+        if self.example_order not in EXAMPLE_ORDERS:
+            raise ValueError(f"example_order must be one of {', '.join(EXAMPLE_ORDERS)}; got {self.example_order!r}")
+        if self.max_examples < -1 or self.max_examples == 0:
+            raise ValueError(f"max_examples must be a positive number or -1 (no cap); got {self.max_examples}")
+
+
+STOP_CRITERIA = ("two-solutions", "one-solution", "never")
+AUG_COLORS = ("none", "keep-background", "all")
+
+
+@dataclass(slots=True)
+class LoopConfig:
+    initial_predictions: int = field(default=64, metadata={"help": "programs sampled in the first search of a task"})
+    predictions_per_round: int = field(default=64, metadata={"help": "programs sampled after each fine-tuning round"})
+    max_rounds: int = field(default=3, metadata={"help": "learning rounds (fine-tune, then search) per task; 0 = search only"})
+    samples_per_view: int = field(default=8, metadata={
+        "help": "programs sampled per augmented view; a search uses predictions / samples_per_view views"})
+    stop: str = field(default="two-solutions", metadata={
+        "help": "stop a task early when solved: two-solutions (2 programs with distinct test outputs solve every "
+                "train pair), one-solution, or never"})
+    task_time_s: float = field(default=-1.0, metadata={
+        "help": "time budget per task, seconds: no new round starts after it; -1 = none"})
+    prompt_format: str = field(default="barc", metadata={"help": "prompt format: barc or toy"})
+    augment_dihedral: bool = field(default=True, metadata={"help": "views use random rotations and flips"})
+    augment_colors: str = field(default="keep-background", metadata={
+        "help": "view colour permutation: none, keep-background (0 stays black) or all"})
+    augment_train_order: bool = field(default=True, metadata={"help": "views shuffle the order of the train pairs"})
+    seed: int = field(default=0, metadata={"help": "seed of views, sampling and fine-tuning: a CPU run is exactly reproducible"})
+
+    def __post_init__(self):
+        for name in ("initial_predictions", "predictions_per_round"):
+            value = getattr(self, name)
+            if value < 1 or value % self.samples_per_view:
+                raise ValueError(f"{name} must be a positive multiple of samples_per_view ({self.samples_per_view}); "
+                                 f"got {value}")
+        if self.max_rounds < 0:
+            raise ValueError(f"max_rounds must be >= 0 (0 = search only), got {self.max_rounds}")
+        if self.stop not in STOP_CRITERIA:
+            raise ValueError(f"stop must be one of {', '.join(STOP_CRITERIA)}; got {self.stop!r}")
+        if self.augment_colors not in AUG_COLORS:
+            raise ValueError(f"augment_colors must be one of {', '.join(AUG_COLORS)}; got {self.augment_colors!r}")
+
+    @property
+    def total_predictions(self) -> int:
+        """The prediction budget of a task that never stops early."""
+        return self.initial_predictions + self.max_rounds * self.predictions_per_round
+
+
+@dataclass(slots=True)
+class RunConfig:
+    output_dir: str = field(default="out/solve", metadata={
+        "help": "where the results store, submission.json, metrics.csv, plots and report go"})
+    resume: bool = field(default=False, metadata={
+        "help": "continue the run in output-dir: finished tasks are skipped, an unfinished one starts over"})
+    deadline_s: float = field(default=-1.0, metadata={
+        "help": "wall-clock budget of the whole run, seconds (Kaggle: 43200); near it, tasks get search only and "
+                "submission.json is complete before it; -1 = none"})
+    deadline_margin_s: float = field(default=60.0, metadata={
+        "help": "seconds kept free before the deadline for the final exports"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar over tasks"})
+    wandb: bool = field(default=False, metadata={
+        "help": "log to Weights & Biases (pip install wandb; WANDB_MODE=offline works without network)"})
+
+    def __post_init__(self):
+        if self.deadline_s != -1 and self.deadline_s <= 0:
+            raise ValueError(f"deadline_s must be > 0 seconds or -1 (none); got {self.deadline_s}")
+        if self.deadline_margin_s < 0:
+            raise ValueError(f"deadline_margin_s must be >= 0, got {self.deadline_margin_s}")
+
+
+@dataclass(slots=True)
+class SolveConfig:
+    """Everything `arcsl solve` needs, grouped as each component receives it (one group per dataclass)."""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    relabel: RelabelConfig = field(default_factory=RelabelConfig)
+    loop: LoopConfig = field(default_factory=LoopConfig)
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    run: RunConfig = field(default_factory=RunConfig)

@@ -91,7 +91,8 @@ def render_png(task: Task, path: Path, predictions: dict[int, list[Grid]] | None
     image.save(path)
 
 
-def _grid_html(grid: Grid) -> str:
+def grid_html(grid: Grid) -> str:
+    """A grid as an HTML table with inline colours (no external resources)."""
     cells = "".join(
         "<tr>" + "".join(f'<td style="background:{PALETTE[v]}"></td>' for v in row) + "</tr>"
         for row in grid.tolist())
@@ -107,7 +108,7 @@ def render_html(task: Task, path: Path, predictions: dict[int, list[Grid]] | Non
             rows.append([])
             current_top = p.top
         rows[-1].append(f'<figure><figcaption>{html.escape(p.label)} '
-                        f'<small>{p.grid.shape[0]}x{p.grid.shape[1]}</small></figcaption>{_grid_html(p.grid)}</figure>')
+                        f'<small>{p.grid.shape[0]}x{p.grid.shape[1]}</small></figcaption>{grid_html(p.grid)}</figure>')
     body = "".join(f'<div class="row">{"".join(r)}</div>' for r in rows)
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>ARC task {html.escape(task.id)}</title>

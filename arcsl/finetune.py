@@ -1,0 +1,153 @@
+"""LoRA fine-tuning on (prompt, completion) token sequences: a plain loop that lives as long as the engine.
+
+What is covered:
+- `Finetuner`: one AdamW (fused on GPU) over the LoRA parameters, created once; constant learning rate
+  after a linear warm-up counted from the last reset; gradient accumulation over length-sorted
+  micro-batches packed up to a token budget; gradient clipping; optional gradient checkpointing;
+  `reset()` copies the initial LoRA values back in place and drops the optimizer state (milliseconds).
+- `collate`: right padding with a dedicated pad token and a loss mask over exactly the completion tokens
+  (and the end token that closes them).
+- `completion_loss`: logits are computed only at the positions that predict completion tokens, so a
+  4k-token prompt never materialises a 4k x vocab logits tensor.
+
+What is not covered: packing several examples into one row, learning-rate decay, mixed adapters,
+distributed training (one engine per GPU; tasks are sharded, not batches).
+"""
+
+import random
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from arcsl.config import FinetuneConfig
+
+Tokenized = tuple[list[int], int]  # token ids (prompt + completion + end token), number of prompt tokens
+
+
+@dataclass(frozen=True, slots=True)
+class FinetuneStats:
+    num_examples: int  # examples trained on (per epoch)
+    num_dropped: int  # examples longer than max_seq_len, skipped
+    num_steps: int
+    num_tokens: int  # real (unpadded) tokens processed, all epochs
+    num_loss_tokens: int  # completion tokens the loss was taken on, all epochs
+    losses: list[float]  # mean loss per completion token, per optimizer step
+    seconds: float
+    examples_per_s: float
+    tokens_per_s: float
+    peak_memory_gb: float  # 0 on CPU
+
+
+def collate(batch: list[Tokenized], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ids and the loss mask (True on completion tokens and the end token). Shapes: (b, T) each."""
+    width = max(len(ids) for ids, _ in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    loss_mask = torch.zeros((len(batch), width), dtype=torch.bool)
+    for row, (ids, num_prompt) in enumerate(batch):
+        input_ids[row, :len(ids)] = torch.tensor(ids)
+        loss_mask[row, num_prompt:len(ids)] = True
+    return input_ids.to(device), loss_mask.to(device)
+
+
+def completion_loss(lm, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+    """Summed next-token cross-entropy over the masked tokens. Shapes: (b, T) each -> scalar."""
+    # No attention mask: with right padding, a causal mask alone keeps real tokens from seeing pads, and it
+    # lets SDPA use its causal kernel with the KV heads unexpanded.
+    hidden = lm.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state
+    predicts = loss_mask[:, 1:]  # hidden state i predicts token i + 1
+    logits = lm.get_output_embeddings()(hidden[:, :-1][predicts]).float()
+    return F.cross_entropy(logits, input_ids[:, 1:][predicts], reduction="sum")
+
+
+def micro_batches(seqs: list[Tokenized], max_tokens: int) -> list[list[Tokenized]]:
+    """Longest first; each micro-batch holds as many as fit in `max_tokens` padded tokens."""
+    batches: list[list[Tokenized]] = []
+    for seq in sorted(seqs, key=lambda s: len(s[0]), reverse=True):
+        if batches and (len(batches[-1]) + 1) * len(batches[-1][0][0]) <= max_tokens:
+            batches[-1].append(seq)
+        else:
+            batches.append([seq])
+    return batches
+
+
+class Finetuner:
+    """The training state of one engine: LoRA parameters, their initial values and one optimizer."""
+
+    def __init__(self, lm, params: list[torch.nn.Parameter], pad_id: int, autocast_dtype: torch.dtype | None):
+        self.lm, self.params, self.pad_id = lm, params, pad_id
+        self.device = params[0].device
+        self.autocast_dtype = autocast_dtype
+        self.initial = [p.detach().clone() for p in params]
+        # built once: per-round trainer construction was the largest overhead of the slow implementation
+        self.optimizer = torch.optim.AdamW(params, lr=1e-4, fused=self.device.type == "cuda")
+        self.num_steps = 0  # optimizer steps since the last reset; drives the warm-up
+
+    @torch.no_grad()
+    def reset(self) -> None:
+        """Initial LoRA values back in place, optimizer state dropped; as good as a fresh adapter."""
+        for p, p0 in zip(self.params, self.initial):
+            p.copy_(p0)
+        self.clear_optimizer()
+
+    def clear_optimizer(self) -> None:
+        self.optimizer.state.clear()  # AdamW re-creates zeroed moments at its next step
+        self.optimizer.zero_grad(set_to_none=True)
+        self.num_steps = 0
+
+    def run(self, seqs: list[Tokenized], cfg: FinetuneConfig, seed: int) -> FinetuneStats:
+        """Trains on `seqs` for `cfg.num_epochs` epochs; the order is shuffled with `seed`."""
+        kept = [s for s in seqs if len(s[0]) <= cfg.max_seq_len]
+        if not kept:
+            shortest = min(len(ids) for ids, _ in seqs)
+            raise ValueError(f"no example fits max_seq_len={cfg.max_seq_len} (the shortest has {shortest} tokens)")
+        rng = random.Random(seed)
+        self._set_checkpointing(cfg.gradient_checkpointing)
+        self.lm.train()
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        start, losses = time.perf_counter(), []
+        try:
+            for _ in range(cfg.num_epochs):
+                order = rng.sample(kept, len(kept))
+                for i in range(0, len(order), cfg.examples_per_step):
+                    losses.append(self._step(order[i:i + cfg.examples_per_step], cfg))
+            losses = torch.stack(losses).tolist()  # one host sync for the whole call
+        finally:
+            self.lm.eval()
+            self._set_checkpointing(False)
+        seconds = time.perf_counter() - start
+        num_tokens = cfg.num_epochs * sum(len(ids) for ids, _ in kept)
+        return FinetuneStats(
+            num_examples=len(kept), num_dropped=len(seqs) - len(kept), num_steps=len(losses),
+            num_tokens=num_tokens, num_loss_tokens=cfg.num_epochs * sum(len(ids) - n for ids, n in kept),
+            losses=losses, seconds=seconds, examples_per_s=cfg.num_epochs * len(kept) / seconds,
+            tokens_per_s=num_tokens / seconds,
+            peak_memory_gb=torch.cuda.max_memory_allocated(self.device) / 1e9 if self.device.type == "cuda" else 0.0)
+
+    def _step(self, seqs: list[Tokenized], cfg: FinetuneConfig) -> torch.Tensor:
+        num_loss_tokens = sum(len(ids) - n for ids, n in seqs)
+        total = torch.zeros((), device=self.device)
+        for batch in micro_batches(seqs, cfg.max_tokens_per_micro_batch):
+            input_ids, loss_mask = collate(batch, self.pad_id, self.device)
+            with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                                enabled=self.autocast_dtype is not None):
+                loss = completion_loss(self.lm, input_ids, loss_mask) / num_loss_tokens
+            loss.backward()
+            total += loss.detach()
+        if cfg.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
+        warmup = min(1.0, (self.num_steps + 1) / (cfg.warmup_steps + 1))
+        for group in self.optimizer.param_groups:
+            group["lr"], group["weight_decay"] = cfg.learning_rate * warmup, cfg.weight_decay
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.num_steps += 1
+        return total
+
+    def _set_checkpointing(self, enabled: bool) -> None:
+        if enabled:
+            self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        elif self.lm.is_gradient_checkpointing:
+            self.lm.gradient_checkpointing_disable()

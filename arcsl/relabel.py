@@ -1,0 +1,72 @@
+"""Hindsight relabelling: a wrong program is a right answer to the task it actually solves.
+
+An attempt that produced every train output becomes a relabelled task: the same view's train inputs
+(and the test input its prompt showed) paired with the outputs the program produced, in the view's
+orientation and colours, so the prompt text matches the grids the model saw. The training target is
+the model's original response. `training_set` picks which attempts of a task to train on in a round.
+
+Pure functions only: no model, no I/O. What is not covered: rendering prompts (`prompting.py`) and
+fine-tuning (`engine.py`).
+"""
+
+import numpy as np
+
+from arcsl.augment import Augmentation, augment, transform_grid
+from arcsl.config import RelabelConfig
+from arcsl.grids import Pair, Task
+from arcsl.scoring import Attempt, fingerprint, grids_equal
+
+def relabelled_task(task: Task, attempt: Attempt) -> Task:
+    """The view `attempt` was sampled from, its train outputs replaced by the program's outputs."""
+    assert attempt.train_outputs is not None and all(g is not None for g in attempt.train_outputs), \
+        f"task {task.id}: only attempts with every train output can be relabelled"
+    aug = attempt.augmentation or Augmentation()
+    view = augment(task, aug)
+    order = aug.train_order or range(len(task.train))
+    produced = [transform_grid(attempt.train_outputs[i], aug) for i in order]
+    train = tuple(Pair(p.input, out) for p, out in zip(view.train, produced))
+    return Task(task.id, train, tuple(Pair(p.input) for p in view.test), aug)
+
+
+def train_fingerprint(attempt: Attempt) -> str:
+    """Identity of the relabelled task an attempt gives: its train outputs in the original frame."""
+    return fingerprint(attempt.train_outputs or [])
+
+
+def is_identity(task: Task, attempt: Attempt) -> bool:
+    """The program returned every train input unchanged."""
+    return all(grids_equal(p.input, out) for p, out in zip(task.train, attempt.train_outputs or []))
+
+
+def _train_quality(attempt: Attempt) -> tuple[float, float]:
+    return attempt.scores.train.correct_grids, attempt.scores.train.pixel_score
+
+
+def training_set(task: Task, attempts: list[Attempt], round_: int, trained: set[str],
+                 cfg: RelabelConfig, rng: np.random.Generator) -> list[Attempt]:
+    """Choose the attempts to fine-tune on before round `round_` (+1): one per distinct output.
+
+    Args:
+        attempts: every attempt of the task so far (any round).
+        round_: the round just finished; with cfg.relabel_rounds == "last" only its attempts are candidates.
+        trained: train fingerprints already trained on for this task (with cfg.skip_trained).
+    Returns the chosen attempts in training order; relabel each with `relabelled_task`.
+    """
+    candidates = [a for a in attempts if (cfg.relabel_rounds == "all" or a.round == round_)
+                  and a.train_outputs is not None and all(g is not None for g in a.train_outputs)]
+    if cfg.drop_identity:
+        candidates = [a for a in candidates if not is_identity(task, a)]
+    shortest: dict[str, Attempt] = {}
+    for a in candidates:  # one example per distinct output: the shortest program that produced it
+        key = train_fingerprint(a)
+        if key not in shortest or a.code_length < shortest[key].code_length:
+            shortest[key] = a
+    chosen = [a for key, a in shortest.items() if not (cfg.skip_trained and key in trained)]
+    chosen.sort(key=_train_quality, reverse=True)  # best first, so a cap keeps the best
+    if cfg.max_examples != -1:
+        chosen = chosen[:cfg.max_examples]
+    if cfg.example_order == "worst-first":
+        chosen.reverse()
+    elif cfg.example_order == "random":
+        chosen = [chosen[i] for i in rng.permutation(len(chosen))]
+    return chosen

@@ -1,0 +1,137 @@
+"""The engine: prompt rendering, special tokens, reset, adapters, batching under memory limits, loading."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from tiny_lm import COMPLETION, OTHER_PROMPT, PROMPT, one_thread, tiny_engine, tiny_llama, tokenizer  # noqa: F401
+
+from arcsl.config import FinetuneConfig, ModelConfig, SamplingConfig
+from arcsl.engine import HFEngine, load_engine
+from arcsl.sampler import SharedPrefixDecoder
+
+GREEDY = SamplingConfig(num_samples=2, temperature=0, max_new_tokens=30, stop_at_code_end=False)
+TRAIN = FinetuneConfig(learning_rate=3e-3, max_seq_len=256, max_tokens_per_micro_batch=256)
+
+
+def greedy_texts(engine) -> list[list[str]]:
+    return [[c.text for c in cs] for cs in engine.sample([PROMPT, OTHER_PROMPT], GREEDY).completions]
+
+
+def test_chat_prompt_is_the_template_then_the_prefix_with_a_single_bos(tokenizer):
+    engine = tiny_engine(tokenizer)
+    text = engine.render(PROMPT)
+    assert text.startswith("<|begin_of_text|><|start_header_id|>system")
+    assert text.endswith("<|start_header_id|>assistant<|end_header_id|>\n\nHere is the code:\n")
+    ids = engine.encode_prompt(PROMPT)
+    assert ids.count(tokenizer.bos_token_id) == 1 and ids[0] == tokenizer.bos_token_id
+    assert tokenizer.decode(ids) == text
+
+
+def test_end_of_turn_comes_from_the_chat_template_and_padding_is_neither(tokenizer):
+    engine = tiny_engine(tokenizer)
+    assert tokenizer.convert_ids_to_tokens(engine.end_of_turn_id) == "<|eot_id|>"
+    assert set(engine.stop_ids) == {engine.end_of_turn_id, tokenizer.eos_token_id}
+    assert tokenizer.convert_ids_to_tokens(engine.pad_id) == "<|finetune_right_pad_id|>"
+
+
+def test_reset_gives_bit_identical_greedy_outputs_to_a_fresh_adapter(tokenizer):
+    engine = tiny_engine(tokenizer)
+    fresh = greedy_texts(engine)
+    engine.finetune([(PROMPT, COMPLETION)] * 5, TRAIN)
+    assert greedy_texts(engine) != fresh
+    engine.reset()
+    assert greedy_texts(engine) == fresh
+    assert greedy_texts(tiny_engine(tokenizer)) == fresh  # a new engine, same seeds
+    decoder = SharedPrefixDecoder(engine.lm, [engine.encode_prompt(PROMPT)], 1, 1, False, None)
+    new = SharedPrefixDecoder(tiny_engine(tokenizer).lm, [engine.encode_prompt(PROMPT)], 1, 1, False, None)
+    assert torch.equal(decoder.prefill(), new.prefill())  # bit for bit, not only the argmax
+    # and training after a reset repeats training from scratch: the optimizer state was cleared too
+    first = engine.finetune([(PROMPT, COMPLETION)] * 3, TRAIN).losses
+    engine.reset()
+    assert engine.finetune([(PROMPT, COMPLETION)] * 3, TRAIN).losses == first
+
+
+def test_a_saved_adapter_loads_into_a_fresh_engine(tokenizer, tmp_path):
+    trained = tiny_engine(tokenizer)
+    trained.finetune([(PROMPT, COMPLETION)] * 5, TRAIN)
+    trained.save_adapter(tmp_path)
+    assert (tmp_path / "adapter_model.safetensors").is_file()
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["r"] == 8
+    other = tiny_engine(tokenizer)
+    other.load_adapter(tmp_path)
+    assert greedy_texts(other) == greedy_texts(trained)
+
+
+def test_out_of_memory_halves_the_batch_and_retries(tokenizer, monkeypatch):
+    engine = tiny_engine(tokenizer)
+    expected = greedy_texts(engine)
+    prefill = SharedPrefixDecoder.prefill
+
+    def small_memory(self):
+        if self.num_rows > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return prefill(self)
+
+    monkeypatch.setattr(SharedPrefixDecoder, "prefill", small_memory)
+    result = engine.sample([PROMPT, OTHER_PROMPT], GREEDY)
+    assert [[c.text for c in cs] for cs in result.completions] == expected
+    assert (result.stats.num_oom_retries, result.stats.num_batches) == (1, 2)
+    assert engine.row_cap_after_oom == 2  # later calls start below the size that failed
+
+
+def test_the_samples_of_a_prompt_are_split_over_batches_when_they_exceed_the_batch_size(tokenizer):
+    engine = tiny_engine(tokenizer)
+    cfg = SamplingConfig(num_samples=5, temperature=0, max_new_tokens=10, stop_at_code_end=False, max_batch_size=2)
+    result = engine.sample([PROMPT, OTHER_PROMPT], cfg)
+    assert result.stats.num_batches == 6 and [len(cs) for cs in result.completions] == [5, 5]
+    assert len({c.text for c in result.completions[0]}) == 1  # greedy: every split gives the same text
+
+
+def test_an_engine_without_tokenizer_takes_token_ids(tokenizer):
+    engine = HFEngine(tiny_llama(tokenizer), None, ModelConfig(model="tiny", lora_rank=4))
+    cfg = SamplingConfig(num_samples=3, max_new_tokens=8, ignore_eos=True, stop_at_code_end=False)
+    result = engine.sample([[5, 6, 7], [8, 9]], cfg)
+    assert result.stats.num_output_tokens == 2 * 3 * 8
+    assert engine.finetune([([5, 6, 7], [9, 10])], FinetuneConfig()).num_loss_tokens == 3
+    with pytest.raises(ValueError, match="no tokenizer"):
+        engine.sample([PROMPT], cfg)
+
+
+def test_load_engine_reads_the_model_and_tokenizer_from_a_directory(tokenizer, tmp_path):
+    tiny_llama(tokenizer).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    engine = load_engine(ModelConfig(model=str(tmp_path), device="cpu", lora_rank=4, lora_targets="attention"))
+    assert engine.lm.dtype == torch.float32 and engine.render(PROMPT) == tiny_engine(tokenizer).render(PROMPT)
+    lora = {n.split(".")[-4] for n, p in engine.model.named_parameters() if p.requires_grad}
+    assert lora == {"q_proj", "k_proj", "v_proj", "o_proj"}
+
+
+def test_load_engine_refuses_4bit_without_a_gpu():
+    with pytest.raises(ValueError, match="load-in-4bit"):
+        load_engine(ModelConfig(model="unused", device="cpu", load_in_4bit=True))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: SamplingConfig(top_p=0), lambda: SamplingConfig(temperature=-1), lambda: SamplingConfig(num_samples=0),
+    lambda: FinetuneConfig(max_seq_len=9000, max_tokens_per_micro_batch=8192),
+    lambda: FinetuneConfig(learning_rate=0),
+    lambda: ModelConfig(device="tpu"), lambda: ModelConfig(lora_rank=0), lambda: ModelConfig(lora_dropout=1.0),
+])
+def test_configs_reject_bad_values(make):
+    with pytest.raises(ValueError):
+        make()
+
+
+def test_the_benchmark_runs_in_tiny_mode(capsys):
+    import importlib.util
+    path = Path(__file__).parents[1] / "bench" / "bench_engine.py"
+    spec = importlib.util.spec_from_file_location("bench_engine", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    result = bench.main(["--tiny"])
+    assert not result["errors"]
+    assert all(row["output_tok_s"] > 0 for row in result["sampling"])
+    assert max(result["check"]["relative_error_per_step"]) < 1e-4  # float32: the fast path is exact
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["bench"] == "engine"

@@ -1,0 +1,87 @@
+"""Fine-tuning: the loss mask, the completion-only loss, batching, and learning one example by heart."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from tiny_lm import COMPLETION, PROMPT, one_thread, tiny_engine, tokenizer  # noqa: F401 (fixtures)
+
+from arcsl.config import FinetuneConfig, SamplingConfig
+from arcsl.finetune import collate, completion_loss, micro_batches
+
+GREEDY = SamplingConfig(num_samples=1, temperature=0, max_new_tokens=60, stop_at_code_end=False)
+
+
+def test_loss_mask_covers_exactly_the_completion_and_its_end_token(tokenizer):
+    engine = tiny_engine(tokenizer)
+    short = engine.encode_example(PROMPT, "ok")
+    ids, mask = collate([engine.encode_example(PROMPT, COMPLETION), short], engine.pad_id, "cpu")
+    assert tokenizer.decode(ids[0][mask[0]]) == COMPLETION + "<|eot_id|>"
+    assert tokenizer.decode(ids[0][~mask[0]]) == engine.render(PROMPT)
+    assert tokenizer.decode(ids[1][mask[1]]) == "ok<|eot_id|>"
+    assert (ids[1, len(short[0]):] == engine.pad_id).all() and not mask[1, len(short[0]):].any()
+    assert engine.pad_id not in engine.stop_ids  # padding with EOS would teach the model never to stop
+
+
+def test_completion_loss_equals_the_full_logits_loss_on_the_masked_tokens(tokenizer):
+    engine = tiny_engine(tokenizer)
+    ids, mask = collate([engine.encode_example(PROMPT, COMPLETION)], engine.pad_id, "cpu")
+    with torch.no_grad():
+        logits = engine.lm(input_ids=ids).logits[0, :-1]
+        full = F.cross_entropy(logits[mask[0, 1:]], ids[0, 1:][mask[0, 1:]], reduction="sum")
+        assert torch.allclose(completion_loss(engine.lm, ids, mask), full, rtol=1e-5)
+
+
+def test_right_padding_needs_no_attention_mask(tokenizer):
+    engine = tiny_engine(tokenizer)
+    long, short = engine.encode_example(PROMPT, COMPLETION), engine.encode_example(PROMPT, "ok")
+    with torch.no_grad():
+        apart = sum(completion_loss(engine.lm, *collate([s], engine.pad_id, "cpu")) for s in (long, short))
+        together = completion_loss(engine.lm, *collate([long, short], engine.pad_id, "cpu"))
+    assert torch.allclose(apart, together, rtol=1e-5)
+
+
+def test_micro_batches_are_sorted_by_length_and_within_the_token_budget():
+    seqs = [([0] * n, 1) for n in (5, 30, 12, 29, 6, 11)]
+    batches = micro_batches(seqs, max_tokens=60)
+    assert [[len(ids) for ids, _ in b] for b in batches] == [[30, 29], [12, 11, 6, 5]]
+    assert all(len(b) * len(b[0][0]) <= 60 for b in batches)
+
+
+def test_examples_longer_than_max_seq_len_are_dropped(tokenizer):
+    engine = tiny_engine(tokenizer)
+    cfg = FinetuneConfig(max_seq_len=100, max_tokens_per_micro_batch=100)
+    stats = engine.finetune([(PROMPT, "ok"), (PROMPT, COMPLETION * 3)], cfg)
+    assert (stats.num_examples, stats.num_dropped, stats.num_steps) == (1, 1, 1)
+
+
+def test_thirty_steps_on_one_example_make_greedy_decoding_reproduce_it(tokenizer):
+    engine = tiny_engine(tokenizer)
+    cfg = FinetuneConfig(learning_rate=3e-3, max_seq_len=256, max_tokens_per_micro_batch=256)
+    stats = engine.finetune([(PROMPT, COMPLETION)] * 30, cfg)
+    assert stats.num_steps == 30 and stats.losses[-1] < 0.2 * stats.losses[0]
+    [[learned]] = engine.sample([PROMPT], GREEDY).completions
+    assert (learned.text, learned.finish_reason) == (COMPLETION, "eos")  # it learned to stop, too
+    [[stopped]] = engine.sample([PROMPT], SamplingConfig(num_samples=1, temperature=0, max_new_tokens=60)).completions
+    assert (stopped.text, stopped.finish_reason) == (COMPLETION[:COMPLETION.index("```\n", 3) + 3], "stop")
+
+
+def test_gradient_checkpointing_gives_the_same_training(tokenizer):
+    cfg = FinetuneConfig(learning_rate=3e-3, max_seq_len=256, max_tokens_per_micro_batch=256)
+    plain = tiny_engine(tokenizer).finetune([(PROMPT, COMPLETION)] * 3, cfg).losses
+    engine = tiny_engine(tokenizer)
+    cfg.gradient_checkpointing = True
+    checkpointed = engine.finetune([(PROMPT, COMPLETION)] * 3, cfg)
+    assert checkpointed.losses == pytest.approx(plain, rel=1e-5)
+    assert not engine.lm.is_gradient_checkpointing  # switched off again for sampling
+
+
+def test_dora_trains_and_samples_through_the_modules_own_forward(tokenizer):
+    engine = tiny_engine(tokenizer, use_dora=True)
+    engine.finetune([(PROMPT, COMPLETION)] * 3, FinetuneConfig(learning_rate=3e-3, max_seq_len=256,
+                                                                max_tokens_per_micro_batch=256))
+    [[completion]] = engine.sample([PROMPT], GREEDY).completions
+    ids = torch.tensor([engine.encode_prompt(PROMPT)])
+    out = engine.lm.generate(ids, max_new_tokens=60, do_sample=False, eos_token_id=engine.stop_ids,
+                             pad_token_id=engine.pad_id)[0, ids.shape[1]:].tolist()
+    end = next((i for i, t in enumerate(out) if t in engine.stop_ids), len(out))
+    assert completion.text == tokenizer.decode(out[:end])

@@ -1,0 +1,128 @@
+"""Tests for arcsl.prompting: pulling the program out of a model completion, leaving it intact."""
+
+import doctest
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from arcsl import prompting
+from arcsl.prompting import extract_program
+
+PREFILL = ("Let's solve this puzzle using Python code with the common library functions. "
+           "We'll first reason about the problem and then write the code to solve it. "
+           "The `transform` function will take the input grid and return the output grid. "
+           "Here is the Python code with the comments describing how to solve the problem:\n")
+
+PROGRAM = '''from common import *
+
+import numpy as np
+from typing import *
+
+# concepts:
+# random_sprite, re.compile, import os  (words in comments are just words)
+# description:
+# Each red pixel becomes a blue one.
+
+def transform(input_grid):
+    output_grid = input_grid.copy()
+
+    output_grid[output_grid == Color.RED] = Color.BLUE
+    return output_grid
+
+
+if __name__ == "__main__":
+    visualize(generate_input, transform)
+'''
+
+
+def test_a_barc_style_completion_gives_back_the_program_exactly():
+    completion = PREFILL + "```python\n" + PROGRAM + "```\n"
+    assert extract_program(completion) == PROGRAM
+
+
+def test_text_after_the_closing_fence_is_not_part_of_the_program():
+    completion = "```python\n" + PROGRAM + "```\n\nThis works because ```blue``` is nice.\n```\nx\n```\n"
+    assert extract_program(completion) == PROGRAM
+
+
+def test_the_first_python_block_wins_over_later_ones():
+    completion = "```python\ndef transform(g):\n    return g\n```\n```python\ndef transform(g):\n    return 1\n```\n"
+    assert extract_program(completion) == "def transform(g):\n    return g\n"
+
+
+def test_a_python_block_wins_over_an_earlier_bare_block():
+    completion = "Grid:\n```\n1 2\n3 4\n```\nCode:\n```python\ndef transform(g):\n    return g\n```\n"
+    assert extract_program(completion) == "def transform(g):\n    return g\n"
+
+
+def test_a_bare_block_is_the_fallback_when_there_is_no_python_block():
+    completion = "Code:\n```\ndef transform(g):\n    return g\n```\n"
+    assert extract_program(completion) == "def transform(g):\n    return g\n"
+
+
+def test_blocks_in_other_languages_are_never_taken():
+    assert extract_program("```text\nhello\n```\n```json\n{}\n```\n") is None
+
+
+def test_the_closing_fence_of_a_text_block_does_not_open_a_bare_block():
+    completion = "```text\nnot code\n```\nprose\n```\ndef transform(g):\n    return g\n```\n"
+    assert extract_program(completion) == "def transform(g):\n    return g\n"
+
+
+def test_info_strings_py_and_python3_in_any_case_count_as_python():
+    for info in ("py", "python3", "Python", "PYTHON", " python"):
+        assert extract_program(f"```{info}\nx = 1\n```") == "x = 1\n", info
+
+
+def test_a_completion_without_code_gives_none():
+    assert extract_program("I think the rule is to flip the grid.") is None
+    assert extract_program("") is None
+
+
+def test_blank_blocks_are_skipped():
+    completion = "```python\n\n   \n```\n```python\ndef transform(g):\n    return g\n```\n"
+    assert extract_program(completion) == "def transform(g):\n    return g\n"
+    assert extract_program("```python\n```\n") is None
+
+
+def test_an_unclosed_block_runs_to_the_end_of_the_completion():
+    truncated = "```python\ndef transform(g):\n    out = g.copy()\n    return ou"
+    assert extract_program(truncated) == "def transform(g):\n    out = g.copy()\n    return ou"
+
+
+def test_blank_lines_and_indentation_inside_the_program_survive():
+    program = "def transform(g):\n\n\n    if True:\n\n        return g\n\t\n"
+    assert extract_program("```python\n" + program + "```") == program
+
+
+def test_an_indented_fence_has_only_its_own_indentation_removed():
+    completion = "1. The code:\n   ```python\n   def transform(g):\n       return g\n   ```\n"
+    assert extract_program(completion) == "def transform(g):\n    return g\n"
+
+
+def test_crlf_line_endings_are_kept_as_written():
+    completion = "text\r\n```python\r\ndef transform(g):\r\n    return g\r\n```\r\n"
+    assert extract_program(completion) == "def transform(g):\r\n    return g\r\n"
+
+
+def test_unusual_line_separators_inside_string_literals_are_not_line_breaks():
+    program = 'def transform(g):\n    s = "a\x0cb\u2028c"\n    return g\n'
+    assert extract_program("```python\n" + program + "```\n") == program
+
+
+def test_a_fence_that_does_not_start_its_line_is_not_a_fence():
+    assert extract_program("Here it is: ```python\nx = 1\n```") is None
+
+
+_NO_FENCE_LINES = st.lists(st.text(st.characters(blacklist_characters="`\n"), max_size=30), max_size=8)
+
+
+@given(_NO_FENCE_LINES)
+def test_any_program_without_backticks_comes_back_unchanged(lines):
+    program = "\n".join(lines) + "\n"
+    if program.strip():
+        assert extract_program("Some prose.\n```python\n" + program + "```\nMore prose.") == program
+
+
+def test_the_module_doctest_passes():
+    assert doctest.testmod(prompting).failed == 0

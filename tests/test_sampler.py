@@ -1,0 +1,117 @@
+"""Sampling: the shared-prefix decoder against the model's own forward, token choice, stop rules."""
+
+import pytest
+import torch
+from tiny_lm import OTHER_PROMPT, PROMPT, one_thread, tiny_engine, tokenizer  # noqa: F401 (fixtures)
+
+from arcsl.config import SamplingConfig
+from arcsl.sampler import (CHECK_EVERY, CacheDecoder, SharedPrefixDecoder, code_block_end, generate,
+                           pick_tokens)
+
+
+def texts(result):
+    return [[c.text for c in cs] for cs in result.completions]
+
+
+def test_greedy_shared_prefix_matches_naive_generate(tokenizer):
+    engine = tiny_engine(tokenizer)
+    cfg = SamplingConfig(num_samples=3, temperature=0, max_new_tokens=40, stop_at_code_end=False)
+    result = engine.sample([PROMPT, OTHER_PROMPT], cfg)  # two prompts of different lengths in one batch
+    assert result.stats.num_batches == 1
+    for prompt, completions in zip([PROMPT, OTHER_PROMPT], result.completions):
+        ids = torch.tensor([engine.encode_prompt(prompt)] * 3)  # the naive way: the prompt once per sample
+        out = engine.lm.generate(ids, max_new_tokens=40, do_sample=False, eos_token_id=engine.stop_ids,
+                                 pad_token_id=engine.pad_id)
+        for row, completion in zip(out[:, ids.shape[1]:].tolist(), completions):
+            end = next((i for i, t in enumerate(row) if t in engine.stop_ids), len(row))
+            assert completion.text == tokenizer.decode(row[:end])
+            assert completion.num_tokens == min(end + 1, 40)
+
+
+def test_seeded_sampling_is_reproducible_and_matches_the_per_sample_cache(tokenizer):
+    engine = tiny_engine(tokenizer)
+    prompt = engine.encode_prompt(PROMPT)
+
+    def run(decoder_type, seed):
+        decoder = decoder_type(engine.lm, [prompt], 6, 29, False, None)
+        cfg = SamplingConfig(max_new_tokens=30, temperature=1.0, top_p=0.9, stop_at_code_end=False)
+        rows = generate(decoder, decoder.prefill(), cfg, [], torch.Generator().manual_seed(seed), None)
+        return [r.tokens[:r.end] for r in rows]
+
+    shared = run(SharedPrefixDecoder, 7)
+    assert shared == run(SharedPrefixDecoder, 7)
+    assert shared == run(CacheDecoder, 7)  # same draws, same distribution: same tokens
+    assert shared != run(SharedPrefixDecoder, 8)
+    assert len({tuple(t) for t in shared}) > 1  # the samples of one prompt differ from each other
+
+
+def test_sampled_frequencies_follow_the_softmax():
+    logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -3.0])
+    picked = pick_tokens(logits.expand(20000, -1), 0.7, 1.0, torch.Generator().manual_seed(0))
+    freq = torch.bincount(picked, minlength=6).float() / 20000
+    assert 0.5 * (freq - torch.softmax(logits / 0.7, dim=0)).abs().sum() < 0.015  # total variation distance
+
+
+def test_top_p_samples_only_from_the_nucleus():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).expand(2000, -1)
+    picked = pick_tokens(logits, 1.0, 0.7, torch.Generator().manual_seed(0))
+    assert set(picked.tolist()) == {0, 1}  # 0.5 + 0.3 covers 0.7
+    assert 0.55 < (picked == 0).float().mean() < 0.70  # renormalised: 0.5 / 0.8
+
+
+def test_greedy_picks_the_argmax():
+    logits = torch.tensor([[0.1, 3.0, 2.9], [5.0, -1.0, 0.0]])
+    assert pick_tokens(logits, 0.0, 0.5, None).tolist() == [1, 0]
+
+
+@pytest.mark.parametrize("text, end", [
+    ("no code at all", None),
+    ("```python\nx = 1\n", None),
+    ("```python", None),
+    ("Here:\n```python\nx = 1\n```\nmore text", len("Here:\n```python\nx = 1\n```")),
+    ("```\n```", len("```\n```")),
+    ("```python\nx = '```'\n```", len("```python\nx = '```'\n```")),  # a fence must start its line
+])
+def test_code_block_end_needs_an_opening_and_a_closing_fence(text, end):
+    assert code_block_end(text) == end
+
+
+class ScriptedDecoder:
+    """Logits that force each row's scripted tokens (then token 0), to test the loop's stop rules."""
+
+    def __init__(self, rows: list[list[int]], vocab_size: int):
+        self.rows, self.vocab_size, self.num_rows, self.num_steps = rows, vocab_size, len(rows), 0
+
+    def logits(self, position: int) -> torch.Tensor:
+        out = torch.full((self.num_rows, self.vocab_size), -1e9)
+        for i, row in enumerate(self.rows):
+            out[i, row[position] if position < len(row) else 0] = 0.0
+        return out
+
+    def prefill(self):
+        return self.logits(0)
+
+    def step(self, tokens, step):
+        self.num_steps += 1
+        return self.logits(step + 1)
+
+
+def test_stop_rules_cut_at_the_closing_fence_or_the_end_token(tokenizer):
+    eot = tokenizer.convert_tokens_to_ids("<|eot_id|>")
+    fenced = tokenizer("Sure:\n```python\nx = 1\n```\nand more text", add_special_tokens=False).input_ids
+    plain = tokenizer("no code here", add_special_tokens=False).input_ids + [eot]
+    decoder = ScriptedDecoder([fenced, plain], len(tokenizer))
+    cfg = SamplingConfig(max_new_tokens=60, temperature=0)
+    rows = generate(decoder, decoder.prefill(), cfg, [eot], None, tokenizer)
+    closing = next(n for n in range(1, len(fenced) + 1) if code_block_end(tokenizer.decode(fenced[:n])))
+    assert (rows[0].finish_reason, rows[0].end) == ("stop", closing)
+    assert tokenizer.decode(rows[0].tokens[:rows[0].end])[:rows[0].text_end] == "Sure:\n```python\nx = 1\n```"
+    assert (rows[1].finish_reason, rows[1].end) == ("eos", len(plain))
+
+
+def test_decoding_ends_once_every_sample_has_stopped(tokenizer):
+    decoder = ScriptedDecoder([[7, 8, 1], [9, 1]], len(tokenizer))
+    cfg = SamplingConfig(max_new_tokens=500, temperature=0, stop_at_code_end=False)
+    rows = generate(decoder, decoder.prefill(), cfg, [1], None, tokenizer)
+    assert [r.end for r in rows] == [3, 2]
+    assert decoder.num_steps < CHECK_EVERY  # not 499: the batch stops at the first check after all ended
