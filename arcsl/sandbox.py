@@ -41,7 +41,7 @@ What is covered (each has a test in tests/test_sandbox.py)
 - Infinite loops, sleeps, loops that catch BaseException: TIMEOUT within timeout + 2 s.
 - Memory: RLIMIT_AS (default 2 GB) on the worker's own address space; allocating 50 GB gives
   MEMORY_LIMIT, not a dead machine.
-- Crashes (os._exit, segfaults, killing itself): WORKER_CRASHED, and the worker is replaced.
+- Crashes (os._exit, segfaults, abort): WORKER_CRASHED, and the worker is replaced.
 - Imports of os, sys, subprocess, socket, shutil, ctypes, multiprocessing, threading (and the other
   BANNED_MODULES) and the builtins open, exec, eval, compile, input: FORBIDDEN. This is enforced
   when the code runs (an `__import__` hook and restricted builtins), not by reading the source, so
@@ -66,11 +66,14 @@ What is not covered (Python-level checks are not a security boundary)
   signal the parent, write files, open sockets, and escape the group kill with setsid. Only a
   container, a VM or a separate user stops that.
 - A worker started by root keeps uid 0 (minus its capabilities) and may read root's files.
+- An escaped program controls its own worker: it can tamper with the results of the jobs that
+  worker runs after it (until the worker is replaced), though not with other workers or the pool.
 - In-place changes to objects held by shared modules (say `np.core.numeric.some_list.append(...)`),
   and changes to modules not in GUARDED_MODULES, persist in that worker for later jobs.
 - CPU time and memory bandwidth are shared: a heavy program slows the others down.
-- If this process dies by SIGKILL, an idle worker exits on EOF and a busy one at its soft timeout;
-  a hostile one that swallows the timeout exception keeps running until killed.
+- If this process dies without closing the pool (SIGKILL), an idle worker exits on EOF and a busy
+  one at its deadline, when its timer finds the pool gone; a program that escaped the ban and
+  blocked or replaced that timer keeps running until killed. The (empty) scratch directory stays.
 """
 
 import contextlib
@@ -88,6 +91,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 import weakref
 from collections import deque
 from collections.abc import Sequence
@@ -185,7 +189,8 @@ class SandboxPool:
         """
         Args:
             cfg: timeout, memory cap, number of workers, largest output side, determinism check.
-            dsl_path: the module programs import as `common`; None runs without it.
+            dsl_path: the DSL module, importable by its file name (`from common import *` for
+                arcsl/dsl/common.py, `from draw import *` for the toy DSL); None runs without one.
             filter_syscalls: False only to test what remains where the seccomp filter is unavailable.
         """
         if dsl_path is not None and not Path(dsl_path).is_file():
@@ -213,6 +218,9 @@ class SandboxPool:
         except BaseException:
             self.close()
             raise
+        if filter_syscalls and not self.is_syscall_filtered:
+            warnings.warn("sandbox workers run without the seccomp filter (needs Linux x86-64): a program "
+                          "that escapes the import ban can signal this process and write files", stacklevel=2)
 
     def __enter__(self) -> "SandboxPool":
         return self

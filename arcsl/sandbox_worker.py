@@ -9,7 +9,7 @@ One job:
 1. Receive (job id, program, input grids).
 2. Compile the program and exec it in a fresh namespace: restricted builtins (no `open`, `exec`,
    `eval`, `compile`, `input`, and `__import__` refuses `BANNED_MODULES`), with a freshly executed
-   `common` module in `sys.modules`.
+   DSL module in `sys.modules` (`common`, or whatever the DSL file is called).
 3. Call `transform` (else `main`) on an int64 copy of each input, seeding `random` and
    `numpy.random` with 0 before each call; validate each output.
 4. Undo what the program may have changed in this process (module attributes it rebound, numpy
@@ -90,7 +90,7 @@ class ErrorKind(enum.StrEnum):
     MEMORY_LIMIT = "memory_limit"            # MemoryError under the address-space cap
     INVALID_OUTPUT = "invalid_output"        # not a 2-D array of 0..9 with sides in 1..max_side
     WORKER_CRASHED = "worker_crashed"        # the worker process died or replied garbage
-    NON_DETERMINISTIC = "non_deterministic"  # two runs gave different outputs
+    NON_DETERMINISTIC = "non_deterministic"  # two runs gave different outputs (check_determinism)
 
 
 class Forbidden(ImportError):
@@ -271,15 +271,21 @@ def _fresh_namespace(ctx: _Context) -> dict:
 
 
 def _install_dsl(code: types.CodeType | None, path: str | None) -> None:
-    # Re-executing the compiled DSL gives every job its own Color class and palette lists; the
-    # modules the DSL imports (numpy, scipy) are shared and guarded instead (see GUARDED_MODULES).
+    """Make the DSL importable under its file's name (`common` for common.py), freshly executed.
+
+    Re-executing the compiled DSL gives every job its own Color class and palette lists; the
+    modules the DSL imports (numpy, scipy) are shared and guarded instead (see GUARDED_MODULES)."""
     if code is None:
         sys.modules["common"] = None  # `import common` fails cleanly instead of searching sys.path
         return
-    module = types.ModuleType("common")
+    module = types.ModuleType(_dsl_name(path))
     module.__file__ = path
-    sys.modules["common"] = module  # before exec, as importlib does (dataclasses looks it up)
+    sys.modules[module.__name__] = module  # before exec, as importlib does (dataclasses looks it up)
     exec(code, module.__dict__)
+
+
+def _dsl_name(path: str | None) -> str:
+    return "common" if path is None else os.path.splitext(os.path.basename(path))[0]
 
 
 def _entry_point(namespace: dict):
@@ -327,7 +333,7 @@ def _describe(error: BaseException) -> str:
 
 def _reset_process(ctx: _Context) -> None:
     """Put back the process-wide state a program can change without escaping the sandbox."""
-    sys.modules.pop("common", None)  # drop the job's DSL now, so that its __del__s run now
+    sys.modules.pop(_dsl_name(ctx.dsl_path), None)  # drop the job's DSL now, so that its __del__s run now
     for snapshot in ctx.snapshots:
         if _is_changed(snapshot):
             _restore(snapshot)

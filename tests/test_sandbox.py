@@ -265,6 +265,16 @@ def test_inputs_that_are_not_2d_integer_grids_are_the_callers_mistake(pool):
         pool.run([Job(IDENTITY, [GRID.astype(float)])])
 
 
+def test_a_dsl_is_importable_by_its_file_name_and_fresh_in_every_job(tmp_path):
+    dsl = tmp_path / "draw.py"
+    dsl.write_text("import numpy as np\nPALETTE = [1, 2, 3]\ndef fill(g, c):\n    return np.full_like(g, c)\n")
+    source = "from draw import *\n" + program("c = PALETTE.pop()\nreturn fill(input_grid, c)", escape=False)
+    with SandboxPool(SandboxConfig(num_workers=1), dsl_path=dsl) as pool:
+        results = pool.run([Job(source, [GRID])] * 3)
+        assert run_one(pool, "from common import *\n" + IDENTITY).error is ErrorKind.EXCEPTION
+    assert [r.outputs[0].max() for r in results] == [3, 3, 3]  # pop() never sees an earlier job's pop
+
+
 def test_a_missing_dsl_file_is_a_value_error():
     with pytest.raises(ValueError, match="dsl_path"):
         SandboxPool(SandboxConfig(num_workers=1), dsl_path="/nonexistent/common.py")
