@@ -82,7 +82,7 @@ def solve(cfg: SolveConfig, engine=None) -> RunSummary:
     Args:
         engine: an `Engine` to use instead of loading `cfg.model` (tests, other engine implementations).
     """
-    from arcsl.engine import load_engine  # deferred: torch and transformers load only when a run starts
+    from arcsl.engine import load_engine
     from arcsl.sandbox import SandboxPool
     from arcsl.report import print_summary, write_report
 
@@ -122,7 +122,8 @@ def solve(cfg: SolveConfig, engine=None) -> RunSummary:
             progress.close()
         export_metrics_csv(store, out / "metrics.csv")
         export_attempts_jsonl(store, out / "attempts.jsonl")
-        scores = [s for s in store.task_scores() if s.task_id in {t.id for t in tasks}]
+        task_ids = {t.id for t in tasks}
+        scores = [s for s in store.task_scores() if s.task_id in task_ids]
         write_report(out, tasks, store)
         print_summary(scores, store.phase_timings())
         mean = metrics_rows(scores)[-1] if scores else {}
