@@ -30,14 +30,18 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = ()) -> None:
-    """Add one kebab-case flag per field of the dataclass `cls` (except `skip`), with its default and help."""
+def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = (), defaults=None) -> None:
+    """Add one kebab-case flag per field of the dataclass `cls` (except `skip`), with its default and help.
+
+    `defaults`, an instance of `cls`, replaces the class defaults (a preset such as the toy demo's).
+    """
     group = parser.add_argument_group(cls.__name__)
     hints = get_type_hints(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
-        kind, default, help_text = hints[f.name], f.default, f.metadata.get("help", "")
+        default = f.default if defaults is None else getattr(defaults, f.name)
+        kind, help_text = hints[f.name], f.metadata.get("help", "")
         help_text = f"{help_text} (default: {default})"
         if get_origin(kind) in (types.UnionType,):  # X | None
             kind = next(a for a in get_args(kind) if a is not type(None))
@@ -55,7 +59,8 @@ def config_from_args(cls: type, args: argparse.Namespace, **overrides):
     return cls(**(values | overrides))
 
 
-def make_parser() -> argparse.ArgumentParser:
+def make_parser(solve_preset: SolveConfig | None = None) -> argparse.ArgumentParser:
+    """The parser; `solve_preset` gives `arcsl solve` its defaults (None: the config classes' own)."""
     parser = argparse.ArgumentParser(prog="arcsl", description="Search and learn for ARC-AGI.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -77,11 +82,19 @@ def make_parser() -> argparse.ArgumentParser:
     validate.add_argument("submission", help="Kaggle submission.json to check")
     add_config_args(validate, DataConfig, skip=("task_ids", "limit", "sort"))
 
-    solve = sub.add_parser("solve", help="search and learn on a dataset; writes submission.json, metrics, report")
-    for group in SOLVE_GROUPS:
+    solve = sub.add_parser("solve", help="search and learn on a dataset; writes submission.json, metrics, report. "
+                                         "Without --dataset and --model: the toy demo on CPU (search and learn "
+                                         "against search alone)")
+    for group, preset in zip(SOLVE_GROUPS, _groups(solve_preset)):
         # the loop sets samples per prompt (samples_per_view); one flag, not two
-        add_config_args(solve, group, skip=("num_samples",))
+        add_config_args(solve, group, skip=("num_samples",), defaults=preset)
+    if solve_preset is None:
+        solve.set_defaults(dataset=None, model=None)  # to tell "not given" (the demo) from a value
     return parser
+
+
+def _groups(cfg: SolveConfig | None) -> list:
+    return [None] * len(SOLVE_GROUPS) if cfg is None else [getattr(cfg, f.name) for f in dataclasses.fields(cfg)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,10 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "validate-submission":
             return validate_submission(config_from_args(DataConfig, args), Path(args.submission))
         if args.command == "solve":
-            from arcsl.solve import solve
-
-            solve(SolveConfig(*(config_from_args(group, args) for group in SOLVE_GROUPS)))
-            return 0
+            return run_solve(args, argv)
     except ValueError as e:  # user mistakes (bad flags, bad files): one clear line, no traceback
         print(f"arcsl {args.command}: error: {e}", file=sys.stderr)
         return 2
@@ -107,6 +117,22 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # --- subcommands: each loads what it needs and calls one library function ----------------------
+
+def run_solve(args: argparse.Namespace, argv: list[str] | None) -> int:
+    """`arcsl solve`; with neither --dataset nor --model, the toy demo (its preset under the user's flags)."""
+    if args.dataset is None and args.model is None:
+        from arcsl.toy.demo import compare, demo_config
+
+        args = make_parser(demo_config()).parse_args(argv)
+        compare(SolveConfig(*(config_from_args(group, args) for group in SOLVE_GROUPS)))
+        return 0
+    from arcsl.solve import solve
+
+    args.dataset = args.dataset or DataConfig().dataset
+    args.model = args.model or ModelConfig().model
+    solve(SolveConfig(*(config_from_args(group, args) for group in SOLVE_GROUPS)))
+    return 0
+
 
 def _load(cfg: DataConfig) -> list:
     from arcsl.grids import load_dataset

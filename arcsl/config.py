@@ -96,10 +96,16 @@ class SamplingConfig:
     max_new_tokens: int = field(default=1024, metadata={"help": "most tokens generated per sample"})
     stop_at_code_end: bool = field(default=True, metadata={
         "help": "stop a sample once it has closed its first ``` code block (a line starting with ``` after the opening fence)"})
-    ignore_eos: bool = field(default=False, metadata={"help": "generate max_new_tokens whatever comes (benchmarks)"})
+    ignore_eos: bool = field(default=False, metadata={
+        "help": "benchmarks only: every sample gets exactly max_new_tokens (no stop at EOS or at the code's end)"})
     max_batch_size: int = field(default=0, metadata={
         "help": "most sequences decoded together; 0 = as many as fit in GPU memory (64 on CPU)"})
     cuda_graphs: bool = field(default=True, metadata={"help": "replay the decode step as a CUDA graph (GPU only)"})
+    compile_decode: bool = field(default=True, metadata={
+        "help": "fuse the decode step's small operations with torch.compile (GPU only; compiled once per process)"})
+    merge_lora: bool = field(default=True, metadata={
+        "help": "add the LoRA into the base weights while sampling (base-model decode speed); they are restored "
+                "exactly afterwards from a copy in host memory, asynchronously"})
 
     def __post_init__(self):
         if self.num_samples < 1:
@@ -123,12 +129,14 @@ class FinetuneConfig:
     num_epochs: int = field(default=1, metadata={"help": "passes over the examples per finetune call"})
     examples_per_step: int = field(default=1, metadata={
         "help": "examples per optimizer step (gradients are accumulated over micro-batches)"})
-    max_tokens_per_micro_batch: int = field(default=8192, metadata={
+    max_tokens_per_micro_batch: int = field(default=10240, metadata={
         "help": "most padded tokens in one forward/backward; length-sorted examples are packed up to it"})
-    max_seq_len: int = field(default=8192, metadata={"help": "longer examples (prompt + completion) are dropped"})
+    max_seq_len: int = field(default=10240, metadata={
+        "help": "longer examples (prompt + completion) are dropped (the longest BARC example has ~9.7k tokens)"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm; 0 = off"})
     gradient_checkpointing: bool = field(default=False, metadata={
-        "help": "recompute activations in the backward pass: much less memory, about a third slower"})
+        "help": "recompute activations in the backward pass: much less memory, about a third slower; without it, "
+                "micro-batches that run out of memory switch it on for their length and longer"})
 
     def __post_init__(self):
         if self.learning_rate <= 0:
@@ -193,6 +201,8 @@ class LoopConfig:
     seed: int = field(default=0, metadata={"help": "seed of views, sampling and fine-tuning: a CPU run is exactly reproducible"})
 
     def __post_init__(self):
+        if self.samples_per_view < 1:
+            raise ValueError(f"samples_per_view must be >= 1, got {self.samples_per_view}")
         for name in ("initial_predictions", "predictions_per_round"):
             value = getattr(self, name)
             if value < 1 or value % self.samples_per_view:
@@ -204,6 +214,10 @@ class LoopConfig:
             raise ValueError(f"stop must be one of {', '.join(STOP_CRITERIA)}; got {self.stop!r}")
         if self.augment_colors not in AUG_COLORS:
             raise ValueError(f"augment_colors must be one of {', '.join(AUG_COLORS)}; got {self.augment_colors!r}")
+        if self.task_time_s != -1 and self.task_time_s <= 0:
+            raise ValueError(f"task_time_s must be > 0 seconds or -1 (none); got {self.task_time_s}")
+        if self.prompt_format not in ("barc", "toy"):  # the names of prompting.PROMPT_FORMATS (a test checks)
+            raise ValueError(f"prompt_format must be barc or toy; got {self.prompt_format!r}")
 
     @property
     def total_predictions(self) -> int:

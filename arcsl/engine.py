@@ -13,26 +13,37 @@ What is covered:
   assistant turn is prefilled); training examples are rendered the same way, so train and sample
   texts match token for token;
 - sampling (`arcsl.sampler`) in batches sized to GPU memory, halved on out-of-memory and retried;
+- `DecodeWeights`, the fast sampler's view of a Llama-layout model: q/k/v and gate/up weights stored fused
+  (the model's own layers become views of them, so this costs no memory), the LoRA either as stacked
+  factors refreshed in place before sampling, or merged into the base weights while sampling and then
+  restored exactly from a copy made once (pinned host memory on a GPU; the copy back runs asynchronously,
+  overlapped with whatever the caller does next, e.g. program execution);
+- sampling decoders kept across calls (their caches and CUDA graphs are reused round after round);
 - fine-tuning (`arcsl.finetune`), reset, and adapters saved/loaded as peft safetensors.
 
 What is not covered: several adapters at once, multi-GPU models, tokenizers without a chat template
-for `ChatPrompt` (use plain text or token ids).
+for `ChatPrompt` (use plain text or token ids). DoRA, LoRA biases and 4-bit base weights sample through
+the model's own forward (`CacheDecoder`), which is slower.
 """
 
 import time
-from collections import deque
+import warnings
+from collections import OrderedDict, deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 import torch
+import torch.nn.functional as F
 
 from arcsl.config import FinetuneConfig, ModelConfig, SamplingConfig
 from arcsl.finetune import Finetuner, FinetuneStats, Tokenized
-from arcsl.sampler import ALIGN, FAST_MODEL_TYPES, CacheDecoder, RowState, SharedPrefixDecoder, generate, round_up
+from arcsl.sampler import (ALIGN, EAGER_OPS, FAST_MODEL_TYPES, PREFILL_TOKENS, PROMPT_ALIGN, CacheDecoder, DecodeOps,
+                           RowState, SharedPrefixDecoder, check_compiler, compiled_ops, generate, round_up)
 
 CPU_BATCH_SIZE = 64  # sequences decoded together on CPU when max_batch_size is 0
+MAX_DECODERS = 2  # sampling decoders (caches + CUDA graphs) kept between calls, least recently used dropped
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +78,9 @@ class SampleStats:
     total_s: float  # everything, tokenisation and CUDA-graph capture included
     output_tokens_per_s: float  # num_output_tokens / total_s
     peak_memory_gb: float  # 0 on CPU
+    capture_s: float = 0.0  # CUDA-graph captures (and first compilations of new shapes); not in decode_s
+    merge_s: float = 0.0  # LoRA merged into the weights or its factors refreshed (with any wait for the
+    # previous call's copy back of the base weights), before the first batch
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +147,177 @@ def pick_pad_id(tokenizer, vocab_size: int, end_ids: set[int]) -> int:
     return next(i for i in range(vocab_size) if i not in end_ids)
 
 
+# --- the fast sampler's weights ------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Projection:
+    """One or several linear layers that read the same input, as one weight (out, in).
+
+    `members` are the layers with a LoRA: (peft LoRA layer, its first output row, its number of rows).
+    `lora_a` (sum of ranks, in) stacks their A factors, `lora_b` (out, sum of ranks) holds scaling * B of
+    each in its own block (zeros elsewhere), so the LoRA of the whole group is two matrix products.
+    """
+    weight: torch.Tensor
+    members: list[tuple[object, int, int]] = field(default_factory=list)
+    lora_a: torch.Tensor | None = None
+    lora_b: torch.Tensor | None = None
+
+
+@dataclass(slots=True)
+class LayerWeights:
+    input_norm: torch.Tensor
+    post_norm: torch.Tensor
+    qkv: Projection
+    o: Projection
+    gate_up: Projection
+    down: Projection
+
+
+def _lora_factors(module) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """(A, B, scaling) of a plain peft LoRA layer with one active adapter."""
+    name = module.active_adapters[0]
+    return module.lora_A[name].weight.detach(), module.lora_B[name].weight.detach(), module.scaling[name]
+
+
+def _is_plain_lora(module) -> bool:
+    from peft.tuners.lora import Linear as LoraLinear
+
+    if type(module) is not LoraLinear or module.merged or module.disable_adapters or len(module.active_adapters) != 1:
+        return False
+    name = module.active_adapters[0]
+    return name not in module.lora_variant and not module.lora_bias.get(name) and _is_plain_linear(module.base_layer)
+
+
+def _is_plain_linear(module) -> bool:
+    return type(module) is torch.nn.Linear and module.bias is None
+
+
+def _fuse(modules: list) -> Projection:
+    """The base weights of `modules` as one tensor; each base layer's weight becomes a view of it (no copy
+    is kept, and training, which runs the model's own layers, sees the same values)."""
+    linears = [m if _is_plain_linear(m) else m.base_layer for m in modules]
+    if len(linears) == 1:
+        weight = linears[0].weight.data
+    else:
+        weight = torch.cat([linear.weight.data for linear in linears])
+        row = 0
+        for linear in linears:
+            linear.weight.data = weight[row:row + linear.out_features]
+            row += linear.out_features
+    proj, row = Projection(weight), 0
+    for module, linear in zip(modules, linears):
+        if module is not linear:
+            proj.members.append((module, row, linear.out_features))
+        row += linear.out_features
+    if proj.members:
+        rank = sum(_lora_factors(m)[0].shape[0] for m, _, _ in proj.members)
+        proj.lora_a = weight.new_zeros(rank, weight.shape[1])
+        proj.lora_b = weight.new_zeros(weight.shape[0], rank)
+    return proj
+
+
+class DecodeWeights:
+    """The weights of a Llama-layout model with a peft LoRA, as `SharedPrefixDecoder` reads them.
+
+    Tensors keep their addresses for the engine's life (CUDA graphs read them there); only their values
+    change: `prepare` before sampling (LoRA factors refreshed, or the LoRA merged into the weights),
+    `restore` after it (the base weights copied back from a copy made at the first merge: exact).
+    """
+
+    def __init__(self, lm):
+        decoder, config = lm.get_decoder(), lm.config
+        self.embed, self.rotary, self.head = decoder.embed_tokens, decoder.rotary_emb, lm.get_output_embeddings()
+        self.final_norm, self.eps = decoder.norm.weight, decoder.norm.variance_epsilon
+        attn = decoder.layers[0].self_attn
+        self.num_heads, self.num_kv_heads = config.num_attention_heads, config.num_key_value_heads
+        self.head_dim, self.scale = attn.head_dim, attn.scaling
+        self.layers = [LayerWeights(layer.input_layernorm.weight, layer.post_attention_layernorm.weight,
+                                    _fuse([layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj]),
+                                    _fuse([layer.self_attn.o_proj]),
+                                    _fuse([layer.mlp.gate_proj, layer.mlp.up_proj]), _fuse([layer.mlp.down_proj]))
+                       for layer in decoder.layers]
+        self.projections = [p for layer in self.layers for p in (layer.qkv, layer.o, layer.gate_up, layer.down)
+                            if p.members]
+        self.apply_lora = True  # decode computes the LoRA products (False: merged, or the LoRA adds nothing)
+        self.is_merged = False
+        self.lora_version: int | None = None  # the version `lora_a` / `lora_b` hold
+        self.saved: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # pristine base weights
+
+    @staticmethod
+    def supports(lm) -> bool:
+        """Whether the fast path computes exactly this model: Llama layout, SiLU MLP, no biases, and on
+        every linear layer either no LoRA or one plain LoRA (no DoRA, LoRA bias or quantised base)."""
+        config = lm.config
+        if config.model_type not in FAST_MODEL_TYPES or config.hidden_act != "silu":
+            return False
+        layers = lm.get_decoder().layers
+        linears = [m for layer in layers for m in (layer.self_attn.q_proj, layer.self_attn.k_proj,
+                                                    layer.self_attn.v_proj, layer.self_attn.o_proj,
+                                                    layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj)]
+        return all(_is_plain_linear(m) or _is_plain_lora(m) for m in linears)
+
+    @property
+    def lora_is_zero(self) -> bool:
+        """Every B factor is zero (a fresh peft LoRA): the adapter adds nothing."""
+        return all(not _lora_factors(m)[1].any() for p in self.projections for m, _, _ in p.members)
+
+    def next_norm(self, i: int) -> torch.Tensor:
+        """The norm weight applied after layer i: the next layer's input norm, or the final norm."""
+        return self.layers[i + 1].input_norm if i + 1 < len(self.layers) else self.final_norm
+
+    def project(self, proj: Projection, x: torch.Tensor) -> torch.Tensor:
+        """x @ W^T, plus the LoRA of the group unless it is in the weights. Shape: (..., in) -> (..., out)."""
+        y = F.linear(x, proj.weight)
+        if proj.lora_a is not None and self.apply_lora:
+            flat = x.reshape(-1, x.shape[-1])
+            y.view(-1, y.shape[-1]).addmm_(flat @ proj.lora_a.t(), proj.lora_b.t())
+        return y
+
+    @torch.no_grad()
+    def prepare(self, merge: bool, lora_version: int, lora_is_zero: bool) -> None:
+        """Puts the LoRA where decode reads it: into the weights (`merge`), or into the stacked factors."""
+        assert not self.is_merged, "prepare() again before restore()"
+        self.apply_lora = not (merge or lora_is_zero)
+        if merge and not lora_is_zero:
+            self._merge()
+        elif self.apply_lora and self.lora_version != lora_version:
+            for proj in self.projections:
+                column = 0
+                for module, row, rows in proj.members:
+                    a, b, scaling = _lora_factors(module)
+                    proj.lora_a[column:column + a.shape[0]].copy_(a)
+                    proj.lora_b[row:row + rows, column:column + a.shape[0]].copy_(b * scaling)
+                    column += a.shape[0]
+            self.lora_version = lora_version
+
+    def _merge(self) -> None:
+        if self.saved is None:  # once per engine: the base weights never change otherwise
+            self.saved = [(p.weight, _saved_copy(p.weight)) for p in self.projections]
+        self.is_merged = True  # from the first change on: restore() puts back whatever a failure left
+        for proj in self.projections:
+            for module, row, rows in proj.members:
+                a, b, scaling = _lora_factors(module)
+                weight = proj.weight[row:row + rows]
+                # W + scaling * B @ A in float32, rounded once to the weights' dtype
+                weight.copy_(torch.addmm(weight.float(), b.float(), a.float(), alpha=scaling))
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        """The exact base weights back after a merge. On a GPU the copy is queued on the current stream and
+        the call returns at once: later GPU work (training) waits for it, the CPU does not."""
+        for weight, saved in self.saved or []:
+            weight.copy_(saved, non_blocking=True)
+        self.is_merged = False
+
+
+def _saved_copy(weight: torch.Tensor) -> torch.Tensor:
+    """A copy of a GPU tensor in pinned host memory (fast to copy back, asynchronously); a clone on CPU."""
+    if weight.device.type != "cuda":
+        return weight.clone()
+    return torch.empty(weight.shape, dtype=weight.dtype, pin_memory=True).copy_(weight)
+
+
 class HFEngine:
     """Engine over a Hugging Face causal LM with one LoRA adapter (peft).
 
@@ -168,9 +353,17 @@ class HFEngine:
         stop = set(self.eos_ids) | {self.end_of_turn_id}
         self.stop_ids = sorted(stop)
         self.pad_id = pick_pad_id(tokenizer, self.lm.config.vocab_size, stop)
-        self.is_fast = self.lm.config.model_type in FAST_MODEL_TYPES
+        self.weights = DecodeWeights(self.lm) if DecodeWeights.supports(self.lm) else None
+        self.is_fast = self.weights is not None  # else sampling runs the model's own forward, prompt by prompt
+        self.decoders: OrderedDict[tuple, SharedPrefixDecoder] = OrderedDict()  # least recently used first
+        self.compile_error: str | None = None  # why decode runs eagerly although compilation was asked for
+        self.is_compiler_checked = False
+        # the LoRA's identity for the sampler: bumped by every change (finetune, reset, load_adapter)
+        self.lora_version = 0
+        self.lora_is_initial = True
+        self.initial_lora_is_zero = self.weights is not None and self.weights.lora_is_zero
         params = [p for p in self.model.parameters() if p.requires_grad]
-        self.finetuner = Finetuner(self.lm, params, self.pad_id, self.autocast_dtype)
+        self.finetuner = Finetuner(self.lm, params, self.pad_id, self.autocast_dtype, self.release_sampler_memory)
         self.row_cap_after_oom: int | None = None  # sticky: once a batch size failed, stay below it
         self.model.eval()
 
@@ -205,16 +398,41 @@ class HFEngine:
     def sample(self, prompts: Sequence[Prompt], cfg: SamplingConfig, seed: int = 0) -> SampleResult:
         """`cfg.num_samples` completions per prompt. Same seed, same prompts, same batch plan: same texts."""
         start = time.perf_counter()
-        if cfg.stop_at_code_end and self.tokenizer is None:
+        if cfg.stop_at_code_end and not cfg.ignore_eos and self.tokenizer is None:
             raise ValueError("stop_at_code_end needs a tokenizer; this engine has none")
         ids = [self.encode_prompt(p) for p in prompts]
         generator = torch.Generator(self.device).manual_seed(seed)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        rows: list[list[RowState]] = [[] for _ in prompts]
+        merge_s = 0.0
+        try:
+            if self.weights is not None:
+                merge_start = time.perf_counter()
+                is_zero = self.lora_is_initial and self.initial_lora_is_zero
+                self.weights.prepare(cfg.merge_lora, self.lora_version, is_zero)
+                self._sync()
+                merge_s = time.perf_counter() - merge_start
+            rows, timing = self._sample_ids(ids, cfg, generator)
+        finally:
+            if self.weights is not None and self.weights.is_merged:
+                self.weights.restore()  # asynchronous on a GPU: overlaps with what the caller does next
+        completions = [self._completions(r) for r in rows]
+        total = time.perf_counter() - start
+        num_output = sum(c.num_tokens for cs in completions for c in cs)
+        stats = SampleStats(
+            num_prompts=len(prompts), num_samples=len(prompts) * cfg.num_samples, num_batches=timing["batches"],
+            num_oom_retries=timing["ooms"], num_prompt_tokens=timing["prompt_tokens"], num_output_tokens=num_output,
+            prefill_s=timing["prefill"], decode_s=timing["decode"], total_s=total,
+            output_tokens_per_s=num_output / total, peak_memory_gb=self._peak_memory_gb(),
+            capture_s=timing["capture"], merge_s=merge_s)
+        return SampleResult(completions, stats)
+
+    def _sample_ids(self, ids: list[list[int]], cfg: SamplingConfig,
+                    generator: torch.Generator) -> tuple[list[list[RowState]], dict]:
+        rows: list[list[RowState]] = [[] for _ in ids]
         # longest prompts first: similar lengths share a batch, and the largest batch fails first
         queue = deque((i, cfg.num_samples) for i in sorted(range(len(ids)), key=lambda i: -len(ids[i])))
-        timing = {"prefill": 0.0, "decode": 0.0, "prompt_tokens": 0, "batches": 0, "ooms": 0}
+        timing = {"prefill": 0.0, "decode": 0.0, "capture": 0.0, "prompt_tokens": 0, "batches": 0, "ooms": 0}
         while queue:
             batch, per_prompt = self._next_batch(queue, ids, cfg)
             try:
@@ -228,15 +446,7 @@ class HFEngine:
                 continue
             for k, i in enumerate(batch):
                 rows[i].extend(results[k * per_prompt:(k + 1) * per_prompt])
-        completions = [self._completions(r) for r in rows]
-        total = time.perf_counter() - start
-        num_output = sum(c.num_tokens for cs in completions for c in cs)
-        stats = SampleStats(
-            num_prompts=len(prompts), num_samples=len(prompts) * cfg.num_samples, num_batches=timing["batches"],
-            num_oom_retries=timing["ooms"], num_prompt_tokens=timing["prompt_tokens"], num_output_tokens=num_output,
-            prefill_s=timing["prefill"], decode_s=timing["decode"], total_s=total,
-            output_tokens_per_s=num_output / total, peak_memory_gb=self._peak_memory_gb())
-        return SampleResult(completions, stats)
+        return rows, timing
 
     def _next_batch(self, queue: deque, ids: list[list[int]], cfg: SamplingConfig) -> tuple[list[int], int]:
         """Pops the next batch: prompts with the same number of samples, within the row and memory limits."""
@@ -267,38 +477,78 @@ class HFEngine:
         c = self.lm.config
         head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
         per_token = 2 * c.num_hidden_layers * c.num_key_value_heads * head_dim * 2  # K and V, bf16
-        rows, prompt_cap = num_prompts * per_prompt, round_up(prompt_len, ALIGN)
+        rows, prompt_cap = num_prompts * per_prompt, round_up(prompt_len, PROMPT_ALIGN)
         cached_prompt = num_prompts * prompt_cap if self.is_fast else rows * prompt_cap  # shared or copied
         kv = per_token * (cached_prompt + rows * round_up(cfg.max_new_tokens, ALIGN))
         sampling = rows * c.vocab_size * 24  # logits, probabilities, sorted copy, order (int64), noise
         scores = rows * c.num_attention_heads * max(prompt_cap, cfg.max_new_tokens) * 8  # float32, two copies
-        prefill = prompt_cap * (c.intermediate_size * 3 + c.hidden_size * 8) * 2
-        free = torch.cuda.mem_get_info(self.device)[0] + torch.cuda.memory_reserved(self.device) \
-            - torch.cuda.memory_allocated(self.device)
+        prefill_tokens = min(num_prompts * prompt_cap, max(PREFILL_TOKENS, prompt_cap))
+        prefill = prefill_tokens * (c.intermediate_size * 3 + c.hidden_size * 8) * 2
+        # the decoders kept from earlier calls give their memory back when a batch needs it
+        free = self._free_memory() + sum(d.nbytes for d in self.decoders.values())
         return kv + sampling + scores + prefill <= 0.9 * free
+
+    def _free_memory(self) -> int:
+        return torch.cuda.mem_get_info(self.device)[0] + torch.cuda.memory_reserved(self.device) \
+            - torch.cuda.memory_allocated(self.device)
 
     def _shrink_after_oom(self, failed_rows: int) -> None:
         if failed_rows <= 1:
             raise torch.OutOfMemoryError("out of memory with a single sequence per batch")
         self.row_cap_after_oom = failed_rows // 2
-        torch.cuda.empty_cache()
+        self.release_sampler_memory()
+
+    def release_sampler_memory(self) -> None:
+        """Drops the decoders kept between calls (their caches and CUDA graphs); the next call rebuilds them."""
+        self.decoders.clear()
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
 
     def _run_batch(self, prompts: list[list[int]], per_prompt: int, cfg: SamplingConfig,
                    generator: torch.Generator, timing: dict) -> list[RowState]:
-        decoder_type = SharedPrefixDecoder if self.is_fast else CacheDecoder
-        use_graphs = cfg.cuda_graphs and self.device.type == "cuda"
-        decoder = decoder_type(self.lm, prompts, per_prompt, cfg.max_new_tokens - 1, use_graphs, self.autocast_dtype)
+        if self.is_fast:
+            decoder = self._decoder(len(prompts), per_prompt, cfg)
+            decoder.load(prompts)
+        else:
+            decoder = CacheDecoder(self.lm, prompts, per_prompt, self.autocast_dtype)
+        captured = decoder.capture_s
         start = time.perf_counter()
         logits = decoder.prefill()
         self._sync()
         prefilled = time.perf_counter()
         stop_ids = [] if cfg.ignore_eos else self.stop_ids
         rows = generate(decoder, logits, cfg, stop_ids, generator, self.tokenizer)
+        capture = decoder.capture_s - captured
         timing["prefill"] += prefilled - start
-        timing["decode"] += time.perf_counter() - prefilled
+        timing["decode"] += time.perf_counter() - prefilled - capture
+        timing["capture"] += capture
         timing["prompt_tokens"] += sum(len(p) for p in prompts)
         timing["batches"] += 1
         return rows
+
+    def _decoder(self, num_prompts: int, per_prompt: int, cfg: SamplingConfig) -> SharedPrefixDecoder:
+        """The decoder for this batch shape: kept from an earlier call (caches and graphs reused) or new."""
+        use_graphs = cfg.cuda_graphs and self.device.type == "cuda"
+        ops = self._decode_ops(cfg.compile_decode and self.device.type == "cuda")
+        key = (num_prompts, per_prompt, round_up(max(cfg.max_new_tokens - 1, 1), ALIGN), use_graphs, ops is EAGER_OPS)
+        decoder = self.decoders.pop(key, None)
+        if decoder is None:
+            while len(self.decoders) >= MAX_DECODERS:
+                self.decoders.popitem(last=False)
+            decoder = SharedPrefixDecoder(self.weights, num_prompts, per_prompt, cfg.max_new_tokens - 1, use_graphs,
+                                          ops)
+        self.decoders[key] = decoder
+        return decoder
+
+    def _decode_ops(self, compiled: bool) -> DecodeOps:
+        if compiled and self.compile_error is None and not self.is_compiler_checked:
+            try:  # once per engine: a machine without a working compiler decodes eagerly
+                check_compiler(self.device, self.lm.dtype)
+                self.is_compiler_checked = True
+            except Exception as e:  # torch.compile fails in many ways (no Triton, no C compiler, ...)
+                self.compile_error = f"{type(e).__name__}: {e}"[:500]
+                warnings.warn(f"torch.compile failed, decoding without it: {self.compile_error}")
+        return compiled_ops() if compiled and self.is_compiler_checked else EAGER_OPS
 
     def _completions(self, rows: list[RowState]) -> list[Completion]:
         kept = [r.tokens[:r.end - (r.finish_reason == "eos")] for r in rows]
@@ -314,11 +564,19 @@ class HFEngine:
         The optimizer state carries over between calls until `reset()`."""
         if not examples:
             raise ValueError("finetune needs at least one example")
-        return self.finetuner.run([self.encode_example(p, c) for p, c in examples], cfg, seed)
+        seqs = [self.encode_example(p, c) for p, c in examples]
+        self._sync()  # the base weights' restore after sampling, if still running, is waited for here, untimed
+        self._lora_changed(is_initial=False)
+        return self.finetuner.run(seqs, cfg, seed)
 
     def reset(self) -> None:
         """The LoRA back to its initial values, in place, and the optimizer state cleared."""
         self.finetuner.reset()
+        self._lora_changed(is_initial=True)
+
+    def _lora_changed(self, is_initial: bool) -> None:
+        self.lora_version += 1
+        self.lora_is_initial = is_initial
 
     def save_adapter(self, path: str | Path) -> None:
         """Writes adapter_model.safetensors and adapter_config.json (peft's format, which vLLM reads)."""
@@ -334,6 +592,7 @@ class HFEngine:
         if result.unexpected_keys:
             raise ValueError(f"adapter at {path} does not match this model's LoRA: {result.unexpected_keys[:3]} ...")
         self.finetuner.clear_optimizer()
+        self._lora_changed(is_initial=False)
 
     # --- helpers ------------------------------------------------------------------------------------
 

@@ -5,6 +5,9 @@ What is covered:
   after a linear warm-up counted from the last reset; gradient accumulation over length-sorted
   micro-batches packed up to a token budget; gradient clipping; optional gradient checkpointing;
   `reset()` copies the initial LoRA values back in place and drops the optimizer state (milliseconds).
+- out of memory: the step is retried with gradient checkpointing for micro-batches as long as the one that
+  failed (and longer ones, from then on), then once more after the sampler's kept memory is released;
+  short sequences keep training at full speed and long ones (9.7k tokens on an 80 GB GPU) still fit.
 - `collate`: right padding with a dedicated pad token and a loss mask over exactly the completion tokens
   (and the end token that closes them).
 - `completion_loss`: logits are computed only at the positions that predict completion tokens, so a
@@ -16,6 +19,7 @@ distributed training (one engine per GPU; tasks are sharded, not batches).
 
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +42,8 @@ class FinetuneStats:
     examples_per_s: float
     tokens_per_s: float
     peak_memory_gb: float  # 0 on CPU
+    num_checkpointed: int = 0  # micro-batches run with gradient checkpointing, all epochs
+    num_oom_retries: int = 0  # steps started again after running out of memory
 
 
 def collate(batch: list[Tokenized], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,16 +79,27 @@ def micro_batches(seqs: list[Tokenized], max_tokens: int) -> list[list[Tokenized
 
 
 class Finetuner:
-    """The training state of one engine: LoRA parameters, their initial values and one optimizer."""
+    """The training state of one engine: LoRA parameters, their initial values and one optimizer.
 
-    def __init__(self, lm, params: list[torch.nn.Parameter], pad_id: int, autocast_dtype: torch.dtype | None):
+    Args:
+        release_memory: frees memory held elsewhere (the sampler's kept caches), the last resort on OOM.
+    """
+
+    def __init__(self, lm, params: list[torch.nn.Parameter], pad_id: int, autocast_dtype: torch.dtype | None,
+                 release_memory: Callable[[], None] | None = None):
         self.lm, self.params, self.pad_id = lm, params, pad_id
         self.device = params[0].device
         self.autocast_dtype = autocast_dtype
+        self.release_memory = release_memory
         self.initial = [p.detach().clone() for p in params]
         # built once: per-round trainer construction was the largest overhead of the slow implementation
         self.optimizer = torch.optim.AdamW(params, lr=1e-4, fused=self.device.type == "cuda")
         self.num_steps = 0  # optimizer steps since the last reset; drives the warm-up
+        # sticky, learnt from out-of-memory errors: micro-batches of at least this many padded tokens are
+        # checkpointed (memory does not change between tasks, so neither does the limit)
+        self.checkpoint_from_tokens: int | None = None
+        self.counts = {"checkpointed": 0, "oom_retries": 0}
+        self.micro_batch: tuple[int, bool] = (0, False)  # (padded tokens, checkpointed) of the one running
 
     @torch.no_grad()
     def reset(self) -> None:
@@ -103,7 +120,7 @@ class Finetuner:
             shortest = min(len(ids) for ids, _ in seqs)
             raise ValueError(f"no example fits max_seq_len={cfg.max_seq_len} (the shortest has {shortest} tokens)")
         rng = random.Random(seed)
-        self._set_checkpointing(cfg.gradient_checkpointing)
+        self.counts = {"checkpointed": 0, "oom_retries": 0}
         self.lm.train()
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
@@ -124,12 +141,43 @@ class Finetuner:
             num_tokens=num_tokens, num_loss_tokens=cfg.num_epochs * sum(len(ids) - n for ids, n in kept),
             losses=losses, seconds=seconds, examples_per_s=cfg.num_epochs * len(kept) / seconds,
             tokens_per_s=num_tokens / seconds,
-            peak_memory_gb=torch.cuda.max_memory_allocated(self.device) / 1e9 if self.device.type == "cuda" else 0.0)
+            peak_memory_gb=torch.cuda.max_memory_allocated(self.device) / 1e9 if self.device.type == "cuda" else 0.0,
+            num_checkpointed=self.counts["checkpointed"], num_oom_retries=self.counts["oom_retries"])
 
     def _step(self, seqs: list[Tokenized], cfg: FinetuneConfig) -> torch.Tensor:
+        """One optimizer step over `seqs`; on out of memory, the step starts again with less memory use."""
+        released = False
+        while True:
+            try:
+                return self._try_step(seqs, cfg)
+            except torch.OutOfMemoryError:
+                pass
+            # outside the except block, so the failed step's tensors are freed; the gradients accumulated so
+            # far are dropped and the whole step is done again
+            self.optimizer.zero_grad(set_to_none=True)
+            self.counts["oom_retries"] += 1
+            tokens, checkpointed = self.micro_batch
+            if not checkpointed:
+                self.checkpoint_from_tokens = min(tokens, self.checkpoint_from_tokens or tokens)
+            elif self.release_memory is not None and not released:
+                self.release_memory()
+                released = True
+            else:
+                raise torch.OutOfMemoryError(f"out of memory on a micro-batch of {tokens} padded tokens, with "
+                                             "gradient checkpointing and the sampler's memory released")
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    def _try_step(self, seqs: list[Tokenized], cfg: FinetuneConfig) -> torch.Tensor:
         num_loss_tokens = sum(len(ids) - n for ids, n in seqs)
         total = torch.zeros((), device=self.device)
         for batch in micro_batches(seqs, cfg.max_tokens_per_micro_batch):
+            tokens = len(batch) * len(batch[0][0])  # padded: the longest comes first
+            limit = self.checkpoint_from_tokens
+            checkpointed = cfg.gradient_checkpointing or (limit is not None and tokens >= limit)
+            self.micro_batch = (tokens, checkpointed)
+            self._set_checkpointing(checkpointed)
+            self.counts["checkpointed"] += checkpointed
             input_ids, loss_mask = collate(batch, self.pad_id, self.device)
             with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
                                 enabled=self.autocast_dtype is not None):
@@ -147,7 +195,7 @@ class Finetuner:
         return total
 
     def _set_checkpointing(self, enabled: bool) -> None:
-        if enabled:
+        if enabled and not self.lm.is_gradient_checkpointing:
             self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        elif self.lm.is_gradient_checkpointing:
+        elif not enabled and self.lm.is_gradient_checkpointing:
             self.lm.gradient_checkpointing_disable()

@@ -5,11 +5,13 @@
     stop early when solved (or out of time); select two attempts per test input; reset the LoRA
 
 Every round records its phase timings (sampling, execution, relabelling, finetuning, reset, other);
-"other" is whatever the round spent outside those phases: the overhead we keep near zero. The
-engine is only used through its protocol (sample / finetune / reset), so a fake engine drives the
-same code in tests, and the toy domain reuses it unchanged with its own prompt format and DSL.
+"other" is whatever the round spent outside those phases: the overhead we keep near zero. Callers
+hear of the task's progress through two callbacks: `on_phase` as each phase starts (a progress
+display), `on_round` as each round ends (to store its attempts). The engine is only used through
+its protocol (sample / finetune / reset), so a fake engine drives the same code in tests, and the
+toy domain reuses it unchanged with its own prompt format and DSL.
 
-What is not covered: running many tasks, deadlines across tasks, files (`solve.py`).
+What is not covered: running many tasks, sharing a run's deadline among them, files (`solve.py`).
 """
 
 import hashlib
@@ -17,7 +19,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -25,7 +27,7 @@ from arcsl.augment import augment, inverse, random_augmentation, restore_train_o
 from arcsl.config import FinetuneConfig, LoopConfig, RelabelConfig, SamplingConfig
 from arcsl.engine import Completion, Engine
 from arcsl.grids import Grid, Task
-from arcsl.prompting import PROMPT_FORMATS, extract_program
+from arcsl.prompting import PROMPT_FORMATS
 from arcsl.relabel import relabelled_task, train_fingerprint, training_set
 from arcsl.sandbox import ExecutionResult, Job, SandboxPool
 from arcsl.scoring import Attempt, TaskScores, fingerprint, score_attempt, score_task
@@ -55,6 +57,15 @@ class RoundStats:
 
 
 @dataclass(frozen=True, slots=True)
+class PhaseEvent:
+    """A phase of a round is starting: what a progress display shows."""
+    task_id: str
+    round: int
+    phase: str                # one of PHASES, never "other"
+    best_train_score: float   # best train pixel score of the task so far; 0 before its first search
+
+
+@dataclass(frozen=True, slots=True)
 class TaskResult:
     task_id: str
     attempts: list[Attempt]
@@ -66,14 +77,21 @@ class TaskResult:
 
 
 class PhaseTimer:
-    """Accumulates wall time per phase; `other` is the rest of the time since the timer started."""
+    """Accumulates wall time per phase; `other` is the rest of the time since the timer started.
 
-    def __init__(self):
+    `on_start`, if given, hears each phase's name as the phase starts; its own time counts as "other".
+    """
+
+    def __init__(self, on_start: Callable[[str], None] | None = None):
         self.start = time.perf_counter()
         self.seconds = {p: 0.0 for p in PHASES}
+        self.on_start = on_start
 
     @contextmanager
     def __call__(self, phase: str) -> Iterator[None]:
+        assert phase in self.seconds and phase != "other", f"unknown phase {phase!r}; phases: {PHASES[:-1]}"
+        if self.on_start is not None:
+            self.on_start(phase)
         t = time.perf_counter()
         try:
             yield
@@ -110,14 +128,15 @@ def search(task: Task, engine: Engine, pool: SandboxPool, num_predictions: int, 
     """Sample `num_predictions` programs over fresh views of `task`, run and score them."""
     cfg = settings.loop
     views = [augment(task, random_augmentation(task, rng, cfg.augment_dihedral, cfg.augment_colors,
-                                               cfg.augment_train_order)) for _ in range(num_predictions // cfg.samples_per_view)]
-    to_prompt = PROMPT_FORMATS[cfg.prompt_format]
-    prompts = [to_prompt(v) for v in views]
+                                               cfg.augment_train_order))
+             for _ in range(num_predictions // cfg.samples_per_view)]
+    fmt = PROMPT_FORMATS[cfg.prompt_format]
+    prompts = [fmt.build(v) for v in views]
     with timer("sampling"):
         sampling = replace(settings.sampling, num_samples=cfg.samples_per_view)
         completions = engine.sample(prompts, sampling, seed=int(rng.integers(2**31))).completions
     with timer("execution"):
-        programs = [[extract_program(c.text) for c in cs] for cs in completions]
+        programs = [[fmt.extract(c.text) for c in cs] for cs in completions]
         jobs = [Job(p, [q.input for q in v.train] + [q.input for q in v.test])
                 for v, ps in zip(views, programs) for p in ps]
         results = iter(pool.run(jobs))
@@ -133,17 +152,31 @@ def num_solutions(attempts: list[Attempt]) -> int:
                 if a.scores.train.is_correct and a.test_outputs is not None})
 
 
+def best_train_score(attempts: list[Attempt]) -> float:
+    """The best train pixel score among `attempts`; 0 for none."""
+    return max((a.scores.train.pixel_score for a in attempts), default=0.0)
+
+
 def stop_reason(attempts: list[Attempt], cfg: LoopConfig, round_: int, started: float,
-                deadline: float | None) -> str | None:
-    """Why the task should stop after `round_`, or None to go on."""
+                deadline: float | None, round_s: float) -> str | None:
+    """Why the task should stop after `round_`, or None to go on.
+
+    Args:
+        started: time.monotonic() when the task started (cfg.task_time_s counts from it).
+        deadline: time.monotonic() by which the task's rounds must have ended; None = no limit.
+        round_s: seconds the round just finished took, the estimate of the next one: a round that
+            would end after the deadline does not start (the deadline protects other tasks' time,
+            unlike the task's own budget, which only stops new rounds once spent).
+    """
     needed = {"two-solutions": 2, "one-solution": 1, "never": None}[cfg.stop]
     if needed is not None and num_solutions(attempts) >= needed:
         return "solved"
     if round_ >= cfg.max_rounds:
         return "max-rounds"
-    if cfg.task_time_s != -1 and time.monotonic() - started >= cfg.task_time_s:
+    now = time.monotonic()
+    if cfg.task_time_s != -1 and now - started >= cfg.task_time_s:
         return "task-time"
-    if deadline is not None and time.monotonic() >= deadline:
+    if deadline is not None and now + round_s > deadline:
         return "deadline"
     return None
 
@@ -152,12 +185,15 @@ def stop_reason(attempts: list[Attempt], cfg: LoopConfig, round_: int, started: 
 
 def search_and_learn(task: Task, engine: Engine, pool: SandboxPool, settings: LoopSettings,
                      on_round: Callable[[list[Attempt], RoundStats], None] | None = None,
-                     deadline: float | None = None) -> TaskResult:
+                     on_phase: Callable[[PhaseEvent], None] | None = None,
+                     deadline: Callable[[], float | None] | None = None) -> TaskResult:
     """Solve one task by rounds of search and hindsight learning; the engine is reset before it starts.
 
     Args:
         on_round: called after every round with that round's new attempts and stats (e.g. to store them).
-        deadline: time.monotonic() after which no new round starts.
+        on_phase: called as each phase of a round starts (e.g. to show progress).
+        deadline: asked after every round (after on_round, so its answer may use that round's
+            timings): the time.monotonic() by which the task's rounds must have ended, or None.
     """
     cfg = settings.loop
     rng = np.random.default_rng([cfg.seed, int(hashlib.sha256(task.id.encode()).hexdigest()[:8], 16)])
@@ -165,8 +201,13 @@ def search_and_learn(task: Task, engine: Engine, pool: SandboxPool, settings: Lo
     attempts: list[Attempt] = []
     trained: set[str] = set()
     rounds: list[RoundStats] = []
+
+    def announce(phase: str) -> None:  # reads round_ and attempts as they are when the phase starts
+        if on_phase is not None:
+            on_phase(PhaseEvent(task.id, round_, phase, best_train_score(attempts)))
+
     for round_ in range(cfg.max_rounds + 1):
-        timer = PhaseTimer()
+        timer = PhaseTimer(on_start=announce)
         examples = []
         if round_ == 0:
             with timer("reset"):
@@ -175,7 +216,7 @@ def search_and_learn(task: Task, engine: Engine, pool: SandboxPool, settings: Lo
             with timer("relabelling"):
                 chosen = training_set(task, attempts, round_ - 1, trained, settings.relabel, rng)
                 trained |= {train_fingerprint(a) for a in chosen}
-                to_prompt = PROMPT_FORMATS[cfg.prompt_format]
+                to_prompt = PROMPT_FORMATS[cfg.prompt_format].build
                 examples = [(to_prompt(relabelled_task(task, a)), a.response) for a in chosen]
             if examples:
                 with timer("finetuning"):
@@ -183,12 +224,13 @@ def search_and_learn(task: Task, engine: Engine, pool: SandboxPool, settings: Lo
         num_predictions = cfg.initial_predictions if round_ == 0 else cfg.predictions_per_round
         new = search(task, engine, pool, num_predictions, round_, settings, rng, timer)
         attempts += new
-        stats = RoundStats(round_, len(new), len(examples), num_solutions(attempts),
-                           max(a.scores.train.pixel_score for a in attempts), timer.finish())
+        stats = RoundStats(round_, len(new), len(examples), num_solutions(attempts), best_train_score(attempts),
+                           timer.finish())
         rounds.append(stats)
         if on_round is not None:
             on_round(new, stats)
-        reason = stop_reason(attempts, cfg, round_, started, deadline)
+        reason = stop_reason(attempts, cfg, round_, started, deadline() if deadline is not None else None,
+                             sum(stats.seconds.values()))
         if reason:
             break
     predictions = prediction_grids(select_attempts(task, attempts))

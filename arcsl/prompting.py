@@ -25,8 +25,11 @@ A completion without a program gives None, and the sandbox reports that as Error
 
 import re
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 from arcsl.engine import ChatPrompt
+from arcsl.sandbox import DSL_PATH
 from arcsl.grids import Grid, Task
 from arcsl.gridtext import grid_to_barc
 
@@ -112,4 +115,26 @@ def barc_prompt(view: Task) -> ChatPrompt:
                       assistant_prefix=BARC_ASSISTANT_PREFIX)
 
 
-PROMPT_FORMATS: dict[str, Callable[[Task], ChatPrompt | str]] = {"barc": barc_prompt}
+def bare_program(completion: str) -> str | None:
+    """Formats whose completion is the program itself (the toy model): the text, or None if blank."""
+    return completion if completion.strip() else None
+
+
+@dataclass(frozen=True, slots=True)
+class PromptFormat:
+    """How one model family is spoken to: its prompt, where its program sits, the DSL it imports."""
+    build: Callable[[Task], ChatPrompt | str]
+    extract: Callable[[str], str | None]
+    dsl_path: Path  # importable in the sandbox by its file stem (`common`, `draw`)
+
+
+def _toy_prompt(view: Task) -> str:
+    from arcsl.toy.prompt import task_prompt  # the toy package stays optional for BARC runs
+
+    return task_prompt(view)
+
+
+PROMPT_FORMATS: dict[str, PromptFormat] = {
+    "barc": PromptFormat(barc_prompt, extract_program, DSL_PATH),
+    "toy": PromptFormat(_toy_prompt, bare_program, Path(__file__).parent / "toy" / "draw.py"),
+}

@@ -1,9 +1,15 @@
 """Hindsight relabelling: a wrong program is a right answer to the task it actually solves.
 
-An attempt that produced every train output becomes a relabelled task: the same view's train inputs
-(and the test input its prompt showed) paired with the outputs the program produced, in the view's
-orientation and colours, so the prompt text matches the grids the model saw. The training target is
-the model's original response. `training_set` picks which attempts of a task to train on in a round.
+An attempt with valid outputs (it ran cleanly and produced a grid for every input it was shown)
+becomes a relabelled task: the same view's train inputs (and the test input its prompt showed)
+paired with the outputs the program produced, in the view's orientation and colours, so the prompt
+text matches the grids the model saw. The training target is the model's original response.
+
+`training_set` picks which attempts of a task to train on in a round (each rule is a RelabelConfig
+setting): the candidates are the last round's attempts or all so far; one per distinct train output,
+the shortest program; minus outputs trained on in earlier rounds of the task; minus programs that
+leave every input unchanged; the best by train score up to a cap; in worst-first, best-first or
+random order.
 
 Pure functions only: no model, no I/O. What is not covered: rendering prompts (`prompting.py`) and
 fine-tuning (`engine.py`).
@@ -15,6 +21,7 @@ from arcsl.augment import Augmentation, augment, transform_grid
 from arcsl.config import RelabelConfig
 from arcsl.grids import Pair, Task
 from arcsl.scoring import Attempt, fingerprint, grids_equal
+
 
 def relabelled_task(task: Task, attempt: Attempt) -> Task:
     """The view `attempt` was sampled from, its train outputs replaced by the program's outputs."""
@@ -52,8 +59,7 @@ def training_set(task: Task, attempts: list[Attempt], round_: int, trained: set[
         trained: train fingerprints already trained on for this task (with cfg.skip_trained).
     Returns the chosen attempts in training order; relabel each with `relabelled_task`.
     """
-    candidates = [a for a in attempts if (cfg.relabel_rounds == "all" or a.round == round_)
-                  and a.train_outputs is not None and all(g is not None for g in a.train_outputs)]
+    candidates = [a for a in attempts if (cfg.relabel_rounds == "all" or a.round == round_) and a.has_valid_outputs]
     if cfg.drop_identity:
         candidates = [a for a in candidates if not is_identity(task, a)]
     shortest: dict[str, Attempt] = {}

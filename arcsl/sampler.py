@@ -1,11 +1,16 @@
 """Batched sampling from a causal LM: every prompt is prefilled once and its samples decoded together.
 
 What is covered:
-- `SharedPrefixDecoder` (Llama-layout models): the prompt's KV cache is stored once and attended by all of
-  its samples (never copied per sample); each sample's own tokens go to a static cache. Attention runs in
-  two parts, prompt and own tokens, merged by their log-sum-exp, with the KV heads never expanded (native
-  GQA). The decode step has static shapes, so on a GPU it is captured once per cache-length bucket and
-  replayed as a CUDA graph (no per-kernel launch cost).
+- `SharedPrefixDecoder` (Llama-layout models, weights from `engine.DecodeWeights`): the prompt's KV cache is
+  stored once and attended by all of its samples (never copied per sample); each sample's own tokens go to
+  a static cache. Attention runs in two parts, prompt and own tokens, merged by their log-sum-exp, with the
+  KV heads never expanded (native GQA). A decoder lives as long as the engine: its caches are reused by
+  every batch of the same shape, and its decode steps, captured as CUDA graphs once per (prompt-length
+  bucket, step-cache width), are replayed across calls and rounds (the weights they read are updated in
+  place). The prompts of a batch are prefilled together, padded to the longest.
+- the decode step's elementwise pieces (`rms_norm`, `add_rms_norm`, `silu_mul`, `rotate`, `softmax_lse`,
+  `merge_parts`) as plain functions; `decode_ops(compiled=True)` gives them compiled by torch.compile,
+  once per process, so each becomes one fused kernel (a step has ~16 kernels per layer instead of ~75).
 - `CacheDecoder`: any Hugging Face causal LM through its own forward; the prompt is prefilled once and its
   cache copied to each sample. Slower; the fallback for architectures the fast path does not know.
 - `pick_tokens`: greedy, temperature and top-p sampling with an explicit generator (reproducible).
@@ -16,17 +21,22 @@ still occupies its row, which costs little because a decode step is bound by rea
 paged KV caches, speculative decoding, sliding-window attention, beam search.
 """
 
-from dataclasses import dataclass, field
+import functools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, fields
 
 import torch
 import torch.nn.functional as F
-from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, rotate_half
 
 from arcsl.config import SamplingConfig
 
 FAST_MODEL_TYPES = ("llama",)  # decoder layout the fast path re-implements (q/k/v/o, rotary, pre-norm, MLP)
 CHECK_EVERY = 16  # decode steps between host syncs (stop checks); finished samples run on until then
-ALIGN = 64  # cache lengths are rounded up to this, so graphs are reused
+ALIGN = 64  # step-cache lengths are rounded up to this, so graphs are reused
+PROMPT_ALIGN = 256  # prompt-cache lengths too: one graph serves all prompts of a 256-token bucket
+PREFILL_TOKENS = 16384  # most padded tokens prefilled in one forward (bounds the prefill's activations)
 
 
 def round_up(x: int, multiple: int) -> int:
@@ -68,148 +78,218 @@ def code_block_end(text: str) -> int | None:
     return None if closing < 0 else closing + 4
 
 
-# --- attention pieces -------------------------------------------------------------------------------
+# --- the fused pieces of a decode step --------------------------------------------------------------
+# Plain tensor functions with no module state, so that torch.compile traces each one once for all layers.
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    return F.rms_norm(x, (x.shape[-1],), weight, eps)
+
+
+def add_rms_norm(x: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor,
+                 eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The residual stream plus a layer's output, and that sum normalised for the next layer."""
+    x = x + delta
+    return x, F.rms_norm(x, (x.shape[-1],), weight, eps)
+
+
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """Llama's MLP activation on the fused gate and up projections. Shape: (..., 2i) -> (..., i)."""
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up
+
+
+def rotate(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_kv_heads: int,
+           rows_per_prompt: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rotary embedding of one decode step's queries and keys, in the layouts attention reads.
+
+    Shapes: qkv (rows, (heads + 2 kv) * d), cos and sin (rows, d) -> q_own (rows * kv, group, d),
+    q_shared (prompts * kv, m * group, d) with m = rows_per_prompt, kv_new (2, rows, kv, 1, d): K and V.
+    Query head j reads KV head j // group, as Hugging Face's repeat_kv.
+    """
+    rows, d = qkv.shape[0], cos.shape[-1]
+    heads = qkv.shape[1] // d - 2 * num_kv_heads
+    group = heads // num_kv_heads
+    q, k, v = qkv.view(rows, -1, d).split([heads, num_kv_heads, num_kv_heads], dim=1)
+    cos, sin = cos[:, None], sin[:, None]
+    q = q * cos + rotate_half(q) * sin
+    k = k * cos + rotate_half(k) * sin
+    q_own = q.reshape(rows * num_kv_heads, group, d)
+    q_shared = q.view(-1, rows_per_prompt, num_kv_heads, group, d).transpose(1, 2)
+    return q_own, q_shared.reshape(-1, rows_per_prompt * group, d), torch.stack([k, v])[:, :, :, None]
+
+
+def softmax_lse(scores: torch.Tensor, bias: torch.Tensor, scale: float,
+                dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention weights (in `dtype`) and their log-sum-exp, from float32 q.k scores and an additive bias."""
+    scores = torch.add(bias, scores, alpha=scale)
+    lse = torch.logsumexp(scores, dim=-1, keepdim=True)
+    return torch.exp(scores - lse).to(dtype), lse
+
+
+def merge_parts(shared: torch.Tensor, shared_lse: torch.Tensor, own: torch.Tensor, own_lse: torch.Tensor,
+                num_kv_heads: int, rows_per_prompt: int) -> torch.Tensor:
+    """Attention over prompt and own tokens from the attention over each, in o_proj's input layout.
+
+    The prompt's share is exp(lse_p) / (exp(lse_p) + exp(lse_o)) = sigmoid(lse_p - lse_o), in float32.
+    Shapes: shared (prompts * kv, m * group, d), own (rows * kv, group, d), lse (..., 1) -> (rows, heads * d).
+    """
+    kv, m = num_kv_heads, rows_per_prompt
+    group, d = own.shape[-2:]
+    shared = shared.view(-1, kv, m, group, d).transpose(1, 2)
+    shared_lse = shared_lse.view(-1, kv, m, group, 1).transpose(1, 2)
+    own, own_lse = own.view(-1, m, kv, group, d), own_lse.view(-1, m, kv, group, 1)
+    out = torch.lerp(own.float(), shared.float(), torch.sigmoid(shared_lse - own_lse))
+    return out.to(own.dtype).reshape(-1, kv * group * d)
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeOps:
+    rms_norm: Callable
+    add_rms_norm: Callable
+    silu_mul: Callable
+    rotate: Callable
+    softmax_lse: Callable
+    merge_parts: Callable
+
+
+EAGER_OPS = DecodeOps(rms_norm, add_rms_norm, silu_mul, rotate, softmax_lse, merge_parts)
+
+
+def _probe(x: torch.Tensor) -> torch.Tensor:
+    return F.silu(x) * x
+
+
+def check_compiler(device: torch.device, dtype: torch.dtype, backend: str = "inductor") -> None:
+    """Compiles and runs a small function on `device`: raises if torch.compile cannot work there."""
+    torch.compile(_probe, backend=backend, fullgraph=True)(torch.ones(4, device=device, dtype=dtype))
+
+
+@functools.cache
+def compiled_ops(backend: str = "inductor") -> DecodeOps:
+    """The decode pieces under torch.compile, built once per process: later calls, rounds and decoders
+    reuse the compiled code (new shapes recompile once, after which their sizes are symbolic)."""
+    return DecodeOps(*(torch.compile(getattr(EAGER_OPS, f.name), backend=backend, fullgraph=True)
+                       for f in fields(DecodeOps)))
 
 
 def attention_scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """q @ k^T in float32. Shapes: q (..., m, d), k (..., n, d) -> (..., m, n)."""
+    """q @ k^T in float32. Shapes: q (b, m, d), k (b, n, d) -> (b, m, n)."""
     if q.is_cuda and q.dtype != torch.float32:
         # bf16 operands, float32 result: the accuracy of a flash kernel without a float32 copy of the cache
-        lead = q.shape[:-2]
-        keys = k.reshape(-1, *k.shape[-2:]).transpose(1, 2)
-        return torch.bmm(q.reshape(-1, *q.shape[-2:]), keys, out_dtype=torch.float32).view(*lead, -1, k.shape[-2])
-    return (q @ k.transpose(-1, -2)).float()
-
-
-def attend(q, k, v, bias, scale) -> tuple[torch.Tensor, torch.Tensor]:
-    """Softmax attention with an additive float32 bias; also returns the log-sum-exp for merging parts.
-
-    Shapes: q (..., m, d), k and v (..., n, d), bias broadcast to (..., m, n) -> out (..., m, d), lse (..., m, 1).
-    """
-    scores = torch.add(bias, attention_scores(q, k), alpha=scale)
-    lse = torch.logsumexp(scores, dim=-1, keepdim=True)
-    return torch.exp(scores - lse).to(v.dtype) @ v, lse
-
-
-def merge_attention(out_a, lse_a, out_b, lse_b) -> torch.Tensor:
-    """Attention over the union of two key sets, from the attention over each (float32).
-
-    The share of set a is exp(lse_a) / (exp(lse_a) + exp(lse_b)) = sigmoid(lse_a - lse_b).
-    """
-    return torch.lerp(out_b.float(), out_a.float(), torch.sigmoid(lse_a - lse_b))
-
-
-def lora_parts(module, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(A, scaling * B) of a plain peft LoRA linear layer, in `dtype`; None where the module's own forward
-    must run (no LoRA, DoRA and other variants, LoRA bias, merged or disabled adapters, quantised layers)."""
-    from peft.tuners.lora import Linear as LoraLinear
-
-    if type(module) is not LoraLinear or module.merged or module.disable_adapters:
-        return None
-    if len(module.active_adapters) != 1:
-        return None
-    name = module.active_adapters[0]
-    if name in module.lora_variant or module.lora_bias.get(name):
-        return None
-    a = module.lora_A[name].weight.detach().to(dtype)
-    return a, (module.lora_B[name].weight.detach() * module.scaling[name]).to(dtype)
+        return torch.bmm(q, k.transpose(1, 2), out_dtype=torch.float32)
+    return torch.bmm(q, k.transpose(1, 2)).float()
 
 
 # --- decoders -----------------------------------------------------------------------------------------
 
 
 class SharedPrefixDecoder:
-    """Decodes `rows_per_prompt` samples of each prompt as one batch (Llama-layout models).
+    """Decodes `rows_per_prompt` samples of each of `num_prompts` prompts as one batch (Llama layout).
 
-    Caches, per layer: prompt K/V (num_prompts, kv_heads, prompt_cap, head_dim), written once by `prefill`;
-    sample K/V (rows, kv_heads, step_cap, head_dim), one slot per decode step. Row r samples prompt r // m.
+    Caches, per layer: prompt K/V (2, num_prompts, kv_heads, prompt_cap, head_dim), written by `prefill`;
+    sample K/V (2, rows, kv_heads, step_cap, head_dim), one slot per decode step. Row r samples prompt
+    r // rows_per_prompt. Use: `load(prompts)`, `prefill()`, then `step()` per token; `load` again for the
+    next batch of the same shape (the caches and captured graphs are kept).
+
+    Args:
+        weights: the model's weights as the fast path reads them (`engine.DecodeWeights`).
+        max_steps: most decode steps of a batch (max_new_tokens - 1).
+        use_graphs: capture each step shape once as a CUDA graph and replay it (GPU only).
+        ops: the decode pieces, eager (`EAGER_OPS`) or compiled (`compiled_ops()`).
     """
 
-    def __init__(self, lm, prompts: list[list[int]], rows_per_prompt: int, max_steps: int,
-                 use_graphs: bool, autocast_dtype: torch.dtype | None):
-        decoder = lm.get_decoder()
-        self.embed, self.layers, self.norm = decoder.embed_tokens, decoder.layers, decoder.norm
-        self.rotary, self.head = decoder.rotary_emb, lm.get_output_embeddings()
-        attn = self.layers[0].self_attn
-        self.num_heads, self.num_kv_heads = lm.config.num_attention_heads, lm.config.num_key_value_heads
-        self.head_dim, self.scale = attn.head_dim, attn.scaling
-        self.autocast_dtype = autocast_dtype
-        # The weights do not change while sampling: LoRA factors are cast (and B scaled) once per batch,
-        # so a LoRA layer costs two matrix products and no casts in each step.
-        parts = {m: lora_parts(m, self.embed.weight.dtype) for m in lm.modules()}
-        self.lora = {m: p for m, p in parts.items() if p is not None}
-        self.prompts, self.rows_per_prompt = prompts, rows_per_prompt
-        self.num_rows = len(prompts) * rows_per_prompt
-        device, dtype = self.embed.weight.device, self.embed.weight.dtype
-        self.prompt_cap = round_up(max(len(p) for p in prompts), ALIGN)
+    def __init__(self, weights, num_prompts: int, rows_per_prompt: int, max_steps: int, use_graphs: bool,
+                 ops: DecodeOps = EAGER_OPS):
+        self.w, self.ops, self.use_graphs = weights, ops, use_graphs
+        self.num_prompts, self.rows_per_prompt = num_prompts, rows_per_prompt
+        self.num_rows = num_prompts * rows_per_prompt
+        self.device, self.dtype = weights.embed.weight.device, weights.embed.weight.dtype
         self.step_cap = round_up(max(max_steps, 1), ALIGN)
-        kv = (len(self.layers), len(prompts), self.num_kv_heads, self.prompt_cap, self.head_dim)
+        num_layers, kv, d = len(weights.layers), weights.num_kv_heads, weights.head_dim
         # zeros, not empty: masked slots get weight 0, and 0 * NaN from stale memory would poison the sum
-        self.prompt_k, self.prompt_v = (torch.zeros(kv, device=device, dtype=dtype) for _ in range(2))
-        kv = (len(self.layers), self.num_rows, self.num_kv_heads, self.step_cap, self.head_dim)
-        self.step_k, self.step_v = (torch.zeros(kv, device=device, dtype=dtype) for _ in range(2))
-        lengths = torch.tensor([len(p) for p in prompts], device=device)
-        slots = torch.arange(self.prompt_cap, device=device)
-        self.prompt_bias = torch.where(slots < lengths[:, None], 0.0, float("-inf"))[:, None, None, :]
-        self.first_position = lengths.repeat_interleave(rows_per_prompt)  # of each row's first new token
-        self.slots = torch.arange(self.step_cap, device=device)
-        # static inputs of the decode step: the graph reads them from these addresses
-        self.tokens = torch.zeros(self.num_rows, dtype=torch.long, device=device)
-        self.step_index = torch.zeros(1, dtype=torch.long, device=device)
-        self.use_graphs = use_graphs
-        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.step_kv = torch.zeros(num_layers, 2, self.num_rows, kv, self.step_cap, d, device=self.device,
+                                   dtype=self.dtype)
+        self.prompt_kv = self.prompt_bias = None
+        self.prompt_capacity = self.prompt_cap = 0
+        self.prompts: list[list[int]] = []
+        self.slots = torch.arange(self.step_cap, device=self.device)
+        # static inputs of the decode step: the graphs read them from these addresses
+        self.tokens = torch.zeros(self.num_rows, dtype=torch.long, device=self.device)
+        self.step_index = torch.zeros(1, dtype=torch.long, device=self.device)
+        self.first_position = torch.zeros(self.num_rows, dtype=torch.long, device=self.device)
+        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.pool = torch.cuda.graph_pool_handle() if use_graphs else None
+        self.capture_s = 0.0  # time spent capturing graphs (and compiling), for the caller's accounting
 
-    def _autocast(self):
-        device_type = self.embed.weight.device.type
-        return torch.autocast(device_type, dtype=self.autocast_dtype or torch.float32,
-                              enabled=self.autocast_dtype is not None, cache_enabled=False)
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the caches (graph pools come on top)."""
+        return self.step_kv.nbytes + (self.prompt_kv.nbytes if self.prompt_kv is not None else 0)
 
-    def _linear(self, module, x: torch.Tensor) -> torch.Tensor:
-        parts = self.lora.get(module)
-        if parts is None:
-            return module(x)
-        a, b = parts
-        y = module.base_layer(x)
-        x = x.reshape(-1, x.shape[-1])
-        return torch.addmm(y.reshape(-1, y.shape[-1]), x @ a.t(), b.t()).view(y.shape)
+    def load(self, prompts: list[list[int]]) -> None:
+        """Makes the decoder ready for `prompts`: caches cleared, prompt lengths and positions set."""
+        if len(prompts) != self.num_prompts:
+            raise ValueError(f"this decoder takes {self.num_prompts} prompts, got {len(prompts)}")
+        cap = round_up(max(len(p) for p in prompts), PROMPT_ALIGN)
+        if cap > self.prompt_capacity:  # grow; the graphs read the old buffers, so they go too
+            self.graphs.clear()
+            self.prompt_kv = self.prompt_bias = None
+            w = self.w
+            self.prompt_kv = torch.zeros(len(w.layers), 2, self.num_prompts, w.num_kv_heads, cap, w.head_dim,
+                                         device=self.device, dtype=self.dtype)
+            self.prompt_bias = torch.zeros(self.num_prompts * w.num_kv_heads, 1, cap, device=self.device)
+            self.prompt_capacity = cap
+        self.prompts, self.prompt_cap = prompts, cap
+        self.step_kv.zero_()
+        self.prompt_kv.zero_()
+        lengths = torch.tensor([len(p) for p in prompts], device=self.device)
+        slots = torch.arange(self.prompt_capacity, device=self.device)
+        bias = torch.where(slots < lengths[:, None], 0.0, float("-inf"))
+        self.prompt_bias.copy_(bias.repeat_interleave(self.w.num_kv_heads, dim=0)[:, None])
+        self.first_position.copy_(lengths.repeat_interleave(self.rows_per_prompt))
 
-    def _norm(self, norm, x: torch.Tensor) -> torch.Tensor:
-        # one fused kernel instead of the eight of LlamaRMSNorm's eager code (same function, rounded once)
-        return F.rms_norm(x, (x.shape[-1],), norm.weight, norm.variance_epsilon)
-
-    def _mlp(self, mlp, x: torch.Tensor) -> torch.Tensor:
-        return self._linear(mlp.down_proj, mlp.act_fn(self._linear(mlp.gate_proj, x)) * self._linear(mlp.up_proj, x))
-
-    def _qkv(self, attn, h, cos, sin):
-        b, t = h.shape[:2]
-        q = self._linear(attn.q_proj, h).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self._linear(attn.k_proj, h).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = self._linear(attn.v_proj, h).view(b, t, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        q, k = apply_rotary_pos_emb(q, k, cos, sin)
-        return q, k, v
+    # --- prefill ------------------------------------------------------------------------------------
 
     @torch.no_grad()
     def prefill(self) -> torch.Tensor:
-        """Runs each prompt once, filling the prompt caches. Returns first-token logits, float32 (rows, vocab)."""
-        device = self.tokens.device
-        last = [self._prefill_prompt(i, torch.tensor(ids, device=device)) for i, ids in enumerate(self.prompts)]
-        return torch.cat(last).repeat_interleave(self.rows_per_prompt, dim=0)
+        """Runs the prompts (a few at a time, padded to the longest), filling the prompt caches.
+        Returns first-token logits, float32 (rows, vocab)."""
+        last, start = [], 0
+        while start < self.num_prompts:
+            end = start + 1
+            while end < self.num_prompts and (end + 1 - start) * max(map(len, self.prompts[start:end + 1])) \
+                    <= PREFILL_TOKENS:
+                end += 1
+            last.append(self._prefill_group(start, end))
+            start = end
+        return torch.cat(last).float().repeat_interleave(self.rows_per_prompt, dim=0)
 
-    def _prefill_prompt(self, index: int, ids: torch.Tensor) -> torch.Tensor:
-        n = ids.numel()
-        with self._autocast():
-            x = self.embed(ids[None])
-            cos, sin = self.rotary(x, torch.arange(n, device=ids.device)[None])
-            for i, layer in enumerate(self.layers):
-                attn = layer.self_attn
-                q, k, v = self._qkv(attn, self._norm(layer.input_layernorm, x), cos, sin)
-                self.prompt_k[i, index, :, :n] = k[0]
-                self.prompt_v[i, index, :, :n] = v[0]
-                out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale, enable_gqa=True)
-                x = x + self._linear(attn.o_proj, out.transpose(1, 2).reshape(1, n, -1))
-                x = x + self._mlp(layer.mlp, self._norm(layer.post_attention_layernorm, x))
-            return self.head(self._norm(self.norm, x[:, -1])).float()
+    def _prefill_group(self, start: int, end: int) -> torch.Tensor:
+        # Right padding under a causal mask: a real token never sees a pad, and the pads' cache slots are
+        # masked by prompt_bias, so padding changes nothing.
+        w, prompts = self.w, self.prompts[start:end]
+        b, n = len(prompts), max(len(p) for p in prompts)
+        ids = torch.zeros(b, n, dtype=torch.long)
+        for row, p in enumerate(prompts):
+            ids[row, :len(p)] = torch.tensor(p)
+        x = w.embed(ids.to(self.device))
+        cos, sin = w.rotary(x, torch.arange(n, device=self.device)[None])
+        h = rms_norm(x, w.layers[0].input_norm, w.eps)
+        for i, layer in enumerate(w.layers):
+            q, k, v = w.project(layer.qkv, h).view(b, n, -1, w.head_dim).transpose(1, 2).split(
+                [w.num_heads, w.num_kv_heads, w.num_kv_heads], dim=1)
+            q, k = apply_rotary_pos_emb(q, k, cos, sin)
+            self.prompt_kv[i, 0, start:end, :, :n] = k
+            self.prompt_kv[i, 1, start:end, :, :n] = v
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=w.scale, enable_gqa=True)
+            x, h = add_rms_norm(x, w.project(layer.o, out.transpose(1, 2).reshape(b, n, -1)), layer.post_norm, w.eps)
+            x, h = add_rms_norm(x, w.project(layer.down, silu_mul(w.project(layer.gate_up, h))),
+                                w.next_norm(i), w.eps)
+        lengths = torch.tensor([len(p) for p in prompts], device=self.device)
+        return w.head(h[torch.arange(b, device=self.device), lengths - 1])
+
+    # --- decode -------------------------------------------------------------------------------------
 
     @torch.no_grad()
     def step(self, tokens: torch.Tensor, step: int) -> torch.Tensor:
@@ -219,62 +299,67 @@ class SharedPrefixDecoder:
         # attend only to the filled part of the step cache, in power-of-two buckets so few graphs are needed
         width = min(self.step_cap, max(ALIGN, 1 << step.bit_length()))
         if not self.use_graphs:
-            return self._forward(width)
-        if width not in self.graphs:
-            self.graphs[width] = self._capture(width)
-        graph, logits = self.graphs[width]
+            return self._forward(width, self.prompt_cap)
+        key = (self.prompt_cap, width, self.w.apply_lora)  # merged (or zero) LoRA: no LoRA products
+        if key not in self.graphs:
+            started = time.perf_counter()
+            self.graphs[key] = self._capture(width)
+            self.capture_s += time.perf_counter() - started
+        graph, logits = self.graphs[key]
         graph.replay()
         return logits
 
     def _capture(self, width: int) -> tuple[torch.cuda.CUDAGraph, torch.Tensor]:
         # The step is idempotent (it rewrites the same cache slot from the same inputs), so the warm-up run
-        # on the current inputs is harmless.
+        # (which also compiles new shapes) on the current inputs is harmless.
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
-            self._forward(width)
+            self._forward(width, self.prompt_cap)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool):
-            logits = self._forward(width)
+            logits = self._forward(width, self.prompt_cap)
         return graph, logits
 
-    def _forward(self, width: int) -> torch.Tensor:
-        with self._autocast():
-            x = self.embed(self.tokens)[:, None]
-            cos, sin = self.rotary(x, (self.first_position + self.step_index)[:, None])
-            step_bias = torch.where(self.slots[:width] <= self.step_index, 0.0, float("-inf"))
-            for i, layer in enumerate(self.layers):
-                h = self._norm(layer.input_layernorm, x)
-                x = x + self._attention(i, layer.self_attn, h, cos, sin, step_bias, width)
-                x = x + self._mlp(layer.mlp, self._norm(layer.post_attention_layernorm, x))
-            return self.head(self._norm(self.norm, x[:, 0])).float()
+    def _forward(self, width: int, prompt_cap: int) -> torch.Tensor:
+        w, ops = self.w, self.ops
+        x = w.embed(self.tokens)
+        cos, sin = w.rotary(x, (self.first_position + self.step_index)[:, None])
+        cos, sin = cos[:, 0], sin[:, 0]
+        # rank 3 like the prompt's bias, so that one compiled softmax_lse serves both parts
+        step_bias = torch.where(self.slots[:width] <= self.step_index, 0.0, float("-inf"))[None, None]
+        h = ops.rms_norm(x, w.layers[0].input_norm, w.eps)
+        for i, layer in enumerate(w.layers):
+            attn = self._attention(i, w.project(layer.qkv, h), cos, sin, step_bias, width, prompt_cap)
+            x, h = ops.add_rms_norm(x, w.project(layer.o, attn), layer.post_norm, w.eps)
+            delta = w.project(layer.down, ops.silu_mul(w.project(layer.gate_up, h)))
+            x, h = ops.add_rms_norm(x, delta, w.next_norm(i), w.eps)
+        return w.head(h).float()
 
-    def _attention(self, i, attn, h, cos, sin, step_bias, width):
-        rows, kv, d = self.num_rows, self.num_kv_heads, self.head_dim
-        group, m, n = self.num_heads // kv, self.rows_per_prompt, len(self.prompts)
-        q, k, v = self._qkv(attn, h, cos, sin)
-        self.step_k[i].index_copy_(2, self.step_index, k)
-        self.step_v[i].index_copy_(2, self.step_index, v)
-        q = q.reshape(rows, kv, group, d)  # query head j reads KV head j // group, as HF's repeat_kv
-        own, own_lse = attend(q, self.step_k[i, :, :, :width], self.step_v[i, :, :, :width], step_bias, self.scale)
-        # all queries of one prompt's rows against its cache in one matrix product: (prompt, kv, m*group, d)
-        q = q.view(n, m, kv, group, d).transpose(1, 2).reshape(n, kv, m * group, d)
-        shared, shared_lse = attend(q, self.prompt_k[i], self.prompt_v[i], self.prompt_bias, self.scale)
-        shared = shared.view(n, kv, m, group, d).transpose(1, 2).reshape(rows, kv, group, d)
-        shared_lse = shared_lse.view(n, kv, m, group, 1).transpose(1, 2).reshape(rows, kv, group, 1)
-        out = merge_attention(shared, shared_lse, own, own_lse).to(self.embed.weight.dtype)
-        return self._linear(attn.o_proj, out.reshape(rows, 1, -1))
+    def _attention(self, i, qkv, cos, sin, step_bias, width, prompt_cap) -> torch.Tensor:
+        ops, kv, m, d = self.ops, self.w.num_kv_heads, self.rows_per_prompt, self.w.head_dim
+        q_own, q_shared, kv_new = ops.rotate(qkv, cos, sin, kv, m)
+        self.step_kv[i].index_copy_(3, self.step_index, kv_new)
+        keys, values = (self.step_kv[i, j, :, :, :width].reshape(-1, width, d) for j in (0, 1))
+        own, own_lse = ops.softmax_lse(attention_scores(q_own, keys), step_bias, self.w.scale, self.dtype)
+        own = torch.bmm(own, values)
+        # all queries of one prompt's rows against its cache in one matrix product
+        keys, values = (self.prompt_kv[i, j, :, :, :prompt_cap].reshape(-1, prompt_cap, d) for j in (0, 1))
+        bias = self.prompt_bias[:, :, :prompt_cap]
+        shared, shared_lse = ops.softmax_lse(attention_scores(q_shared, keys), bias, self.w.scale, self.dtype)
+        shared = torch.bmm(shared, values)
+        return ops.merge_parts(shared, shared_lse, own, own_lse, kv, m)
 
 
 class CacheDecoder:
     """Decodes the samples of one prompt through the model's own forward (any HF causal LM).
 
-    Same constructor as `SharedPrefixDecoder`; `use_graphs` is ignored (the HF cache grows each step).
+    The prompt is prefilled once and its cache repeated to each sample; no CUDA graphs (the HF cache grows
+    each step), no reuse across calls.
     """
 
-    def __init__(self, lm, prompts: list[list[int]], rows_per_prompt: int, max_steps: int,
-                 use_graphs: bool, autocast_dtype: torch.dtype | None):
+    def __init__(self, lm, prompts: list[list[int]], rows_per_prompt: int, autocast_dtype: torch.dtype | None):
         if len(prompts) != 1:
             raise ValueError(f"CacheDecoder takes one prompt per batch, got {len(prompts)}")
         self.lm, self.prompt, self.num_rows = lm, prompts[0], rows_per_prompt
@@ -282,6 +367,7 @@ class CacheDecoder:
         self.autocast = torch.autocast(self.device.type, dtype=autocast_dtype or torch.float32,
                                        enabled=autocast_dtype is not None)
         self.cache = None
+        self.capture_s = 0.0
 
     @torch.no_grad()
     def prefill(self) -> torch.Tensor:
@@ -317,18 +403,19 @@ def generate(decoder, logits: torch.Tensor, cfg: SamplingConfig, stop_ids: list[
     or has `cfg.max_new_tokens`; returns one finished `RowState` per row.
 
     Stop rules: a token in `stop_ids` (EOS, end of turn; not part of the text), or, with
-    `cfg.stop_at_code_end`, the text closing its first ``` block (the text is cut just after the fence).
-    `tokenizer` is needed only for the latter.
+    `cfg.stop_at_code_end` (and not `cfg.ignore_eos`), the text closing its first ``` block (the text is cut
+    just after the fence). `tokenizer` is needed only for the latter.
     """
     rows = [RowState() for _ in range(decoder.num_rows)]
     out = torch.empty(decoder.num_rows, cfg.max_new_tokens, dtype=torch.long, device=logits.device)
+    stop_at_code_end = cfg.stop_at_code_end and not cfg.ignore_eos
     checked = 0
     for step in range(cfg.max_new_tokens):
         out[:, step] = pick_tokens(logits, cfg.temperature, cfg.top_p, generator)
         done = step + 1
         if done == cfg.max_new_tokens or done % CHECK_EVERY == 0:
             new = out[:, checked:done].tolist()  # the only host sync: once per CHECK_EVERY steps
-            _check_stops(rows, new, checked, set(stop_ids), cfg.stop_at_code_end, tokenizer)
+            _check_stops(rows, new, checked, set(stop_ids), stop_at_code_end, tokenizer)
             checked = done
             if all(r.end is not None for r in rows):
                 break

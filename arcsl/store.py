@@ -96,7 +96,7 @@ ATTEMPT_COLUMNS = ("task_id", "round", "augmentation", "prompt_hash", "response"
 class PhaseTiming:
     task_id: str
     round: int
-    phase: str      # e.g. "sample", "execute", "finetune"
+    phase: str      # one of loop.PHASES: sampling, execution, relabelling, finetuning, reset, other
     seconds: float
 
 

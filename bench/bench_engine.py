@@ -1,4 +1,5 @@
-"""Engine benchmark: sampling and LoRA fine-tuning throughput, reset time, peak memory.
+"""Engine benchmark: sampling throughput, the decode step's parts, LoRA fine-tuning at 2k-9.7k tokens next to
+the sampler's kept memory, reset time, and checks that the fast paths compute what the model computes.
 
 Examples:
     python bench/bench_engine.py --tiny                    # CPU smoke run, seconds (CI keeps it working)
@@ -7,135 +8,171 @@ Examples:
 The model has the Llama-3.1-8B architecture (vocab 128,256, 32 layers, hidden 4,096, 8 KV heads) with
 random weights built directly on the device in bf16; prompts and completions are random token ids, so no
 tokenizer or download is needed. Everything runs through the real engine path: `HFEngine.sample`,
-`HFEngine.finetune`, `HFEngine.reset`. Each case is warmed up first. Prints a table, then one JSON line.
+`HFEngine.finetune`, `HFEngine.reset`. The LoRA is trained for a step first, so sampling pays for it (merged
+or not). Each sampling case runs twice with the same shape: the first call ("cold") captures its CUDA
+graphs, the second ("warm", the steady state of a run's later rounds) reuses them. Prints tables, then
+one JSON line.
 """
 
 import argparse
-import datetime
 import json
 import statistics
-import sys
+import tempfile
 import time
 import traceback
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchlib import (build_model, code_tokenizer, error_text, finish, header, pick_device, print_table,
+                      random_ids, sync)
 
-from arcsl.config import FinetuneConfig, ModelConfig, SamplingConfig  # noqa: E402
-from arcsl.engine import HFEngine  # noqa: E402
-from arcsl.sampler import SharedPrefixDecoder  # noqa: E402
+from arcsl.config import FinetuneConfig, ModelConfig, SamplingConfig
+from arcsl.engine import HFEngine
+from arcsl.sampler import pick_tokens
 
-LLAMA_8B = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
-                num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=131072,
-                rope_theta=500000.0, rms_norm_eps=1e-5, bos_token_id=128000, eos_token_id=[128001, 128008, 128009],
-                rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                              "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})
-TINY = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=4096, bos_token_id=0, eos_token_id=1)
+LORA = ModelConfig(model="random-llama", lora_rank=32, lora_alpha=32)
+BASE = SamplingConfig(temperature=1.0, top_p=0.95, ignore_eos=True)
 
 
-def build_model(tiny: bool, device: torch.device):
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    config = LlamaConfig(**(TINY if tiny else LLAMA_8B))
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    torch.manual_seed(0)
-    with torch.device(device):  # initialise on the device: an 8B CPU init would take minutes
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation="sdpa")
-    return model.eval()
+# --- sampling ---------------------------------------------------------------------------------------
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def sampling_cases(tiny: bool) -> list[tuple[str, int, int, dict]]:
+    """(name, prompts, samples per prompt, SamplingConfig changes)."""
+    if tiny:
+        return [("1 prompt x 8", 1, 8, {}), ("4 prompts x 2", 4, 2, {}),
+                ("1 prompt x 8, LoRA not merged", 1, 8, {"merge_lora": False})]
+    return [("1 prompt x 128", 1, 128, {}), ("8 prompts x 16", 8, 16, {}), ("1 prompt x 512", 1, 512, {}),
+            ("16 prompts x 8", 16, 8, {}),
+            ("1 prompt x 128, LoRA not merged", 1, 128, {"merge_lora": False}),
+            ("1 prompt x 128, not compiled", 1, 128, {"compile_decode": False}),
+            ("1 prompt x 128, top-p 1", 1, 128, {"top_p": 1.0}),
+            ("1 prompt x 16", 1, 16, {}), ("1 prompt x 64", 1, 64, {})]
 
 
-def random_ids(n: int, vocab: int, gen: torch.Generator) -> list[int]:
-    low, high = (1000, vocab - 300) if vocab > 2000 else (10, vocab)  # clear of Llama-3's special tokens
-    return torch.randint(low, high, (n,), generator=gen).tolist()
-
-
-def error_text(e: Exception) -> str:
-    return "out of memory" if isinstance(e, torch.OutOfMemoryError) else f"{type(e).__name__}: {e}"[:300]
-
-
-# --- cases ------------------------------------------------------------------------------------------
-
-
-def bench_sampling(engine: HFEngine, tiny: bool, vocab: int) -> list[dict]:
+def bench_sampling(engine: HFEngine, tiny: bool, vocab: int, num_cases: int | None) -> list[dict]:
     gen = torch.Generator().manual_seed(1)
     prompt_len, new = (64, 16) if tiny else (1000, 256)
-    cases = [("1 prompt x 8", 1, 8, True), ("4 prompts x 2", 4, 2, True)] if tiny else [
-        ("1 prompt x 128", 1, 128, True), ("1 prompt x 64", 1, 64, True), ("1 prompt x 256", 1, 256, True),
-        ("8 prompts x 16", 8, 16, True), ("1 prompt x 128, no CUDA graph", 1, 128, False)]
-    prompts = [random_ids(prompt_len, vocab, gen) for _ in range(8)]
-    for graphs in (True, False):  # warm-up: kernels, cuBLAS handles, the allocator
-        warm = SamplingConfig(num_samples=cases[0][2], max_new_tokens=min(new, 32), ignore_eos=True,
-                              stop_at_code_end=False, cuda_graphs=graphs)
-        engine.sample(prompts[:1], warm, seed=0)
+    prompts = [random_ids(prompt_len, vocab, gen) for _ in range(16)]
     rows = []
-    for name, num_prompts, n, graphs in cases:
-        cfg = SamplingConfig(num_samples=n, temperature=1.0, top_p=0.95, max_new_tokens=new, ignore_eos=True,
-                             stop_at_code_end=False, cuda_graphs=graphs)
+    for name, num_prompts, n, changes in sampling_cases(tiny)[:num_cases]:
+        cfg = replace(BASE, num_samples=n, max_new_tokens=new, **changes)
         try:
-            s = engine.sample(prompts[:num_prompts], cfg, seed=0).stats
+            cold = engine.sample(prompts[:num_prompts], cfg, seed=0).stats
+            s = engine.sample(prompts[:num_prompts], cfg, seed=1).stats
         except Exception as e:  # keep the other cases' figures
             traceback.print_exc()
             rows.append(dict(case=name, error=error_text(e)))
+            engine.release_sampler_memory()
             continue
         rows.append(dict(case=name, prompt_tokens=prompt_len, samples=num_prompts * n, new_tokens=new,
-                         output_tok_s=round(s.output_tokens_per_s),
+                         output_tok_s=round(s.output_tokens_per_s), cold_output_tok_s=round(cold.output_tokens_per_s),
                          decode_tok_s=round(s.num_output_tokens / s.decode_s),
                          decode_ms_per_step=round(1000 * s.decode_s / (s.num_batches * (new - 1)), 2),
-                         prefill_s=round(s.prefill_s, 3), total_s=round(s.total_s, 3), batches=s.num_batches,
-                         peak_gb=round(s.peak_memory_gb, 1)))
-        print(f"sampling  {name}: {rows[-1]['output_tok_s']} output tok/s", flush=True)
+                         prefill_s=round(s.prefill_s, 3), merge_s=round(s.merge_s, 4),
+                         overhead_s=round(s.total_s - s.prefill_s - s.decode_s, 3),
+                         cold_capture_s=round(cold.capture_s, 2), total_s=round(s.total_s, 3),
+                         batches=s.num_batches, peak_gb=round(s.peak_memory_gb, 1)))
+        print(f"sampling  {name}: {rows[-1]['output_tok_s']} output tok/s (cold {rows[-1]['cold_output_tok_s']})",
+              flush=True)
     return rows
+
+
+def cuda_ms(fn, repeats: int = 20) -> float:
+    """Median milliseconds of `fn()` on the GPU, timed with events after a warm-up."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return round(statistics.median(times), 3)
+
+
+def bench_step_parts(engine: HFEngine, vocab: int) -> dict:
+    """Where a decode step's time goes, 1 prompt x 128 at a step-cache width of 256: the captured graph
+    (the model) and the token choice (softmax, top-p sort, draw), and the weight-read floor."""
+    cfg = replace(BASE, num_samples=128, max_new_tokens=256)
+    engine.sample([random_ids(1000, vocab, torch.Generator().manual_seed(4))], cfg)
+    decoder = next(d for key, d in engine.decoders.items() if key[:2] == (1, 128))
+    tokens = torch.zeros(128, dtype=torch.long, device=engine.device)
+    logits = torch.randn(128, vocab, device=engine.device) * 3
+    gen = torch.Generator(engine.device).manual_seed(0)
+    weight_bytes = sum(p.numel() * p.element_size() for p in engine.lm.parameters() if not p.requires_grad)
+    return {"graph_ms": cuda_ms(lambda: decoder.step(tokens, 200)),
+            "pick_top_p_0.95_ms": cuda_ms(lambda: pick_tokens(logits, 1.0, 0.95, gen)),
+            "pick_top_p_1_ms": cuda_ms(lambda: pick_tokens(logits, 1.0, 1.0, gen)),
+            "weights_gb": round(weight_bytes / 1e9, 2),
+            "weight_read_ms_at_3.0_tb_s": round(weight_bytes / 3.0e12 * 1000, 2)}
+
+
+# --- fine-tuning ------------------------------------------------------------------------------------
+
+
+def finetune_lengths(tiny: bool) -> list[int]:
+    return [128, 256] if tiny else [2048, 4096, 8192, 9728]
+
+
+def keep_sampler_memory(engine: HFEngine, tiny: bool, vocab: int) -> float:
+    """Leaves in GPU memory what a run's sampler keeps between rounds: the decoder of 16 views x 8 samples
+    of 3,000-token prompts with up to 1,024 new tokens (caches prefilled). Returns its GB."""
+    num, prompt_len, new = (2, 40, 16) if tiny else (16, 3000, 1024)
+    gen = torch.Generator().manual_seed(5)
+    decoder = engine._decoder(num, 8, replace(BASE, num_samples=8, max_new_tokens=new))
+    decoder.load([random_ids(prompt_len, vocab, gen) for _ in range(num)])
+    decoder.prefill()
+    return round(decoder.nbytes / 1e9, 1)
 
 
 def bench_finetune(engine: HFEngine, tiny: bool, vocab: int) -> list[dict]:
+    """Every length alone (only the model resident) and next to the sampler's kept memory. Out of memory
+    switches gradient checkpointing on for that length (the engine's own fallback), as in a run."""
     gen = torch.Generator().manual_seed(2)
-    completion, num = (32, 2) if tiny else (512, 6)
-    cases = [(128, 1, False), (256, 1, False)] if tiny else [
-        (2048, 1, False), (4096, 1, False), (4096, 2, False), (8192, 1, False), (8192, 1, True), (4096, 1, True)]
+    completion, num = (32, 2) if tiny else (512, 4)
     rows = []
-    for length, per_micro, ckpt in cases:
-        name = f"{length} tokens, {per_micro}/micro-batch" + (", checkpointing" if ckpt else "")
-        examples = [(random_ids(length - completion - 1, vocab, gen), random_ids(completion, vocab, gen))
-                    for _ in range(num)]
-        cfg = FinetuneConfig(learning_rate=1e-5, examples_per_step=per_micro, max_seq_len=length,
-                             max_tokens_per_micro_batch=length * per_micro, gradient_checkpointing=ckpt)
-        error = None
-        try:
-            engine.finetune(examples[:per_micro], cfg, seed=0)  # warm-up: allocator, kernels
-            s = engine.finetune(examples, cfg, seed=0)
-        except Exception as e:  # out of memory, typically; keep the other cases' figures
-            error = error_text(e)
-        if error is not None:  # outside the except block, so the failed step's tensors are freed
-            engine.finetuner.optimizer.zero_grad(set_to_none=True)
-            if engine.device.type == "cuda":
-                torch.cuda.empty_cache()
-            rows.append(dict(case=name, error=error))
-            continue
-        rows.append(dict(case=name, seq_len=length, samples_s=round(s.examples_per_s, 2),
-                         tokens_s=round(s.tokens_per_s), s_per_step=round(s.seconds / s.num_steps, 3),
-                         peak_gb=round(s.peak_memory_gb, 1)))
-        print(f"finetune  {name}: {rows[-1]['tokens_s']} tok/s", flush=True)
+    for resident in (False, True):
+        engine.release_sampler_memory()
+        engine.finetuner.checkpoint_from_tokens = None
+        kept_gb = keep_sampler_memory(engine, tiny, vocab) if resident else 0.0
+        for length in finetune_lengths(tiny):
+            name = f"{length} tokens" + (f", sampler keeps {kept_gb} GB" if resident else "")
+            examples = [(random_ids(length - completion - 1, vocab, gen), random_ids(completion, vocab, gen))
+                        for _ in range(num)]
+            cfg = FinetuneConfig(learning_rate=1e-5, max_seq_len=length, max_tokens_per_micro_batch=length)
+            try:
+                engine.finetune(examples[:1], cfg, seed=0)  # warm-up: allocator, kernels; learns the OOM limit
+                s = engine.finetune(examples, cfg, seed=0)
+            except Exception as e:
+                traceback.print_exc()
+                rows.append(dict(case=name, error=error_text(e)))
+                continue
+            rows.append(dict(case=name, seq_len=length, sampler_gb=kept_gb, samples_s=round(s.examples_per_s, 2),
+                             tokens_s=round(s.tokens_per_s), s_per_step=round(s.seconds / s.num_steps, 3),
+                             checkpointed=f"{s.num_checkpointed}/{s.num_steps}", peak_gb=round(s.peak_memory_gb, 1)))
+            print(f"finetune  {name}: {rows[-1]['tokens_s']} tok/s, checkpointed {rows[-1]['checkpointed']}",
+                  flush=True)
+    engine.release_sampler_memory()
     return rows
 
 
+# --- checks -----------------------------------------------------------------------------------------
+
+
 def check_decoder(engine: HFEngine, tiny: bool, vocab: int) -> dict:
-    """Fast decode path vs the model's own forward over the whole sequence: relative error of the logits
-    after the prefill and after 3 decode steps. The model's forward with its own KV cache is measured the
-    same way, as the yardstick for rounding noise between two equal computations (bf16 on GPU)."""
+    """The engine's decode path (merged LoRA, compiled and graphed on a GPU) against the model's own forward
+    over the whole sequence: relative error of the logits after the prefill and 3 decode steps. The model's
+    forward with its own KV cache is measured the same way, as the yardstick for rounding noise between
+    two equal computations (bf16 on GPU)."""
     gen = torch.Generator().manual_seed(3)
     length = 40 if tiny else 1000
     train = [(random_ids(length, vocab, gen), random_ids(32, vocab, gen)) for _ in range(2)]
     engine.finetune(train, FinetuneConfig(learning_rate=1e-3, max_seq_len=length + 33))  # a LoRA that is not 0
     ids = random_ids(length, vocab, gen)
-    decoder = SharedPrefixDecoder(engine.lm, [ids], 2, 8, engine.device.type == "cuda", engine.autocast_dtype)
     autocast = torch.autocast(engine.device.type, dtype=engine.autocast_dtype or torch.float32,
                               enabled=engine.autocast_dtype is not None)
 
@@ -143,21 +180,59 @@ def check_decoder(engine: HFEngine, tiny: bool, vocab: int) -> dict:
         out = engine.lm(input_ids=torch.tensor([input_ids], device=engine.device), logits_to_keep=1, **kwargs)
         return out.logits[0, -1].float(), out.past_key_values
 
-    ours, yardstick = [], []
-    with torch.no_grad(), autocast:
-        logits = decoder.prefill()
+    refs, yardstick, sequence = [], [], list(ids)
+    with torch.no_grad(), autocast:  # the reference first: the model's forward needs the unmerged weights
         cached, cache = last_logits(ids, use_cache=True)
-        for step in range(4):
-            ref, _ = last_logits(ids)
-            ours.append(((logits[1] - ref).norm() / ref.norm()).item())
+        for _ in range(4):
+            ref, _ = last_logits(sequence)
+            refs.append(ref)
             yardstick.append(((cached - ref).norm() / ref.norm()).item())
-            token = int(ref.argmax())
-            ids = ids + [token]
-            logits = decoder.step(torch.full((2,), token, device=engine.device), step)
-            cached, cache = last_logits([token], past_key_values=cache, use_cache=True)
+            sequence.append(int(ref.argmax()))
+            cached, cache = last_logits(sequence[-1:], past_key_values=cache, use_cache=True)
+    cfg = replace(BASE, num_samples=2, max_new_tokens=9)
+    engine.weights.prepare(cfg.merge_lora, engine.lora_version, lora_is_zero=False)
+    try:
+        decoder = engine._decoder(1, 2, cfg)
+        decoder.load([ids])
+        ours, logits = [], decoder.prefill()
+        for step, ref in enumerate(refs):
+            ours.append(((logits[1] - ref).norm() / ref.norm()).item())
+            logits = decoder.step(torch.full((2,), sequence[length + step], device=engine.device), step)
+    finally:
+        engine.weights.restore()
     engine.reset()
     return {"relative_error_per_step": [float(f"{e:.2e}") for e in ours],
             "hf_cache_relative_error_per_step": [float(f"{e:.2e}") for e in yardstick]}
+
+
+def check_paths_agree(device: torch.device) -> dict:
+    """Greedy decoding of a tiny float32 model with a trained LoRA through every path: CPU eager with the
+    LoRA merged and not, and on a GPU compiled + CUDA graphs (merged and not) and eager without graphs.
+    The texts must be identical."""
+    tokenizer = code_tokenizer(tiny=True)
+    cpu = HFEngine(build_model("tiny", torch.device("cpu"), len(tokenizer)), tokenizer, replace(LORA, lora_rank=8))
+    prompts = ["def transform(input_grid):\n", "Black Blue Red\nGreen Green Black\n"]
+    examples = [(p, "    return np.rot90(input_grid)\n") for p in prompts] * 4
+    cpu.finetune(examples, FinetuneConfig(learning_rate=1e-2))
+    greedy = SamplingConfig(num_samples=2, temperature=0, max_new_tokens=40, ignore_eos=True)
+    variants = {"cpu merged": {}, "cpu not merged": {"merge_lora": False}}
+    texts = {name: [[c.text for c in cs] for cs in cpu.sample(prompts, replace(greedy, **changes)).completions]
+             for name, changes in variants.items()}
+    if device.type == "cuda":
+        with tempfile.TemporaryDirectory() as adapter:
+            cpu.save_adapter(adapter)
+            gpu = HFEngine(build_model("tiny", torch.device("cpu"), len(tokenizer)).to(device), tokenizer,
+                           replace(LORA, lora_rank=8))
+            gpu.load_adapter(adapter)
+        for name, changes in {"gpu compiled graphs merged": {}, "gpu compiled graphs not merged": {"merge_lora": False},
+                              "gpu eager no graphs": {"compile_decode": False, "cuda_graphs": False}}.items():
+            out = gpu.sample(prompts, replace(greedy, **changes)).completions
+            texts[name] = [[c.text for c in cs] for cs in out]
+        if gpu.compile_error:
+            texts["gpu compile error"] = gpu.compile_error
+    reference = texts["cpu not merged"]
+    return {"paths": sorted(texts), "identical": all(t == reference for t in texts.values()),
+            "differing": [name for name, t in texts.items() if t != reference]}
 
 
 def bench_reset(engine: HFEngine) -> dict:
@@ -176,26 +251,20 @@ def bench_reset(engine: HFEngine) -> dict:
 # --- report -----------------------------------------------------------------------------------------
 
 
-def print_table(title: str, rows: list[dict], columns: list[str]) -> None:
-    print(f"\n{title}")
-    widths = [max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns]
-    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
-    for r in rows:
-        if "error" in r:
-            print(f"{r['case'].ljust(widths[0])}  {r['error']}")
-        else:
-            print("  ".join(str(r.get(c, "")).ljust(w) for c, w in zip(columns, widths)))
-
-
 def print_report(result: dict) -> None:
-    print_table("sampling (random ids, every sample runs to max tokens)", result.get("sampling", []),
-                ["case", "samples", "output_tok_s", "decode_tok_s", "decode_ms_per_step", "prefill_s", "peak_gb"])
+    print_table("sampling (random ids, every sample runs to max tokens; warm = second call of the shape)",
+                result.get("sampling", []), ["case", "samples", "output_tok_s", "cold_output_tok_s", "decode_tok_s",
+                                             "decode_ms_per_step", "prefill_s", "overhead_s", "peak_gb"])
+    if "step_parts" in result:
+        print(f"\ndecode step parts (1 x 128, width 256): {result['step_parts']}")
     print_table("LoRA fine-tuning (rank 32, all linear layers)", result.get("finetune", []),
-                ["case", "samples_s", "tokens_s", "s_per_step", "peak_gb"])
+                ["case", "samples_s", "tokens_s", "s_per_step", "checkpointed", "peak_gb"])
     if "check" in result:
         check = result["check"]
         print(f"\ncheck: relative error of the decode logits vs the full forward {check['relative_error_per_step']}; "
               f"HF's own cached decode {check['hf_cache_relative_error_per_step']}")
+    if "paths" in result:
+        print(f"greedy paths agree: {result['paths']}")
     if "reset" in result:
         r = result["reset"]
         print(f"reset: median {r['median_s'] * 1000:.2f} ms, max {r['max_s'] * 1000:.2f} ms "
@@ -204,39 +273,36 @@ def print_report(result: dict) -> None:
         print(f"{name} failed: {error}")
 
 
-# --- main -------------------------------------------------------------------------------------------
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny model on CPU (smoke run)")
     parser.add_argument("--out", default=None, help="also write the JSON result to this file")
-    parser.add_argument("--skip", nargs="*", default=[], choices=["sampling", "finetune", "check", "reset"])
+    parser.add_argument("--num-cases", type=int, default=None, help="only the first N sampling cases")
+    parser.add_argument("--skip", nargs="*", default=[],
+                        choices=["sampling", "finetune", "step_parts", "check", "paths", "reset"])
     args = parser.parse_args(argv)
 
-    import peft
-    import transformers
-
-    device = torch.device("cpu" if args.tiny or not torch.cuda.is_available() else "cuda")
-    if device.type == "cpu":
-        torch.set_num_threads(1)  # tiny matrices: threads only contend
+    device = pick_device(args.tiny)
     start = time.perf_counter()
-    model = build_model(args.tiny, device)
-    engine = HFEngine(model, None, ModelConfig(model="random-llama", lora_rank=32, lora_alpha=32))
+    model = build_model("tiny" if args.tiny else "llama-3.1-8b", device)
+    engine = HFEngine(model, None, LORA)
     sync(device)
-    result = {"bench": "engine", "date": datetime.date.today().isoformat(), "command": " ".join(sys.argv),
-              "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-              "torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
-              "model": "tiny llama" if args.tiny else "llama-3.1-8b shape, random bf16",
-              "lora": "rank 32, alpha 32, rsLoRA, all linear layers",
-              "setup_s": round(time.perf_counter() - start, 1), "errors": {}}
+    result = header("engine", device, argv) | {
+        "model": "tiny llama" if args.tiny else "llama-3.1-8b shape, random bf16",
+        "lora": "rank 32, alpha 32, rsLoRA, all linear layers", "setup_s": round(time.perf_counter() - start, 1)}
     print(f"{result['device']}, torch {result['torch']}, transformers {result['transformers']}, "
           f"peft {result['peft']}, model and engine built in {result['setup_s']} s", flush=True)
     vocab = model.config.vocab_size
-    sections = {"sampling": lambda: bench_sampling(engine, args.tiny, vocab),
+    # one step, so that the LoRA is not zero and sampling pays for it
+    engine.finetune([(random_ids(64, vocab, torch.Generator().manual_seed(0)), [5] * 8)], FinetuneConfig())
+    sections = {"sampling": lambda: bench_sampling(engine, args.tiny, vocab, args.num_cases),
                 "finetune": lambda: bench_finetune(engine, args.tiny, vocab),
+                "step_parts": lambda: bench_step_parts(engine, vocab),
                 "check": lambda: check_decoder(engine, args.tiny, vocab),
+                "paths": lambda: check_paths_agree(device),
                 "reset": lambda: bench_reset(engine)}
+    if device.type != "cuda":
+        args.skip.append("step_parts")
     for name, run in sections.items():
         if name in args.skip:
             continue
@@ -245,12 +311,11 @@ def main(argv: list[str] | None = None) -> dict:
         except Exception as e:  # a failed section must not lose the others' figures
             traceback.print_exc()
             result["errors"][name] = error_text(e)
+        if args.out:  # what is done so far survives a time limit
+            Path(args.out).write_text(json.dumps(result) + "\n")
+    result["compile_error"] = engine.compile_error
     print_report(result)
-    line = json.dumps(result)
-    if args.out:
-        Path(args.out).write_text(line + "\n")
-    print(line)
-    return result
+    return finish(result, args.out)
 
 
 if __name__ == "__main__":

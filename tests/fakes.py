@@ -1,4 +1,5 @@
-"""A scripted engine: canned responses instead of a model, so the loop runs on CPU in seconds."""
+"""A scripted engine: canned responses instead of a model, so the loop runs on CPU in seconds;
+and a fake clock, so deadlines and time budgets are tested without waiting."""
 
 from dataclasses import dataclass, field
 
@@ -19,16 +20,45 @@ CRASH = fenced("def transform(input_grid):\n    raise ValueError('no idea')\n")
 NO_CODE = "I cannot solve this one."
 
 
+class FakeClock:
+    """Stands in for the `time` module of loop.py and solve.py: time passes only when told to."""
+
+    def __init__(self, now: float = 1000.0):
+        self.now = now
+
+    def monotonic(self) -> float:
+        return self.now
+
+    perf_counter = monotonic
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 @dataclass
 class ScriptedEngine:
-    """Answers each prompt with its script, chosen by the number of train examples the prompt shows."""
+    """Answers each prompt with its script, chosen by the number of train examples the prompt shows.
+
+    With a `clock`, each sample() call takes `sample_s` and each finetune() call `finetune_s` of its time.
+    `failures` maps (method, call index) to an exception that call raises, e.g. {("finetune", 1): KeyboardInterrupt()}.
+    """
     scripts: dict[int, list[str]]
+    clock: FakeClock | None = None
+    sample_s: float = 0.0
+    finetune_s: float = 0.0
+    failures: dict[tuple[str, int], BaseException] = field(default_factory=dict)
     sampled: list[int] = field(default_factory=list)       # prompts per sample() call
+    prompts: list = field(default_factory=list)            # every prompt, in order
     finetuned: list[list] = field(default_factory=list)    # examples per finetune() call
     num_resets: int = 0
+    num_calls: dict[str, int] = field(default_factory=dict)  # method -> calls so far, failed ones included
 
     def sample(self, prompts, cfg, seed=0) -> SampleResult:
+        self._maybe_fail("sample")
         self.sampled.append(len(prompts))
+        self.prompts += prompts
+        if self.clock is not None:
+            self.clock.advance(self.sample_s)
         out = []
         for p in prompts:
             text = p.messages[-1]["content"] if isinstance(p, ChatPrompt) else p
@@ -38,7 +68,16 @@ class ScriptedEngine:
         return SampleResult(out, stats)
 
     def finetune(self, examples, cfg, seed=0):
+        self._maybe_fail("finetune")
         self.finetuned.append(list(examples))
+        if self.clock is not None:
+            self.clock.advance(self.finetune_s)
 
     def reset(self):
         self.num_resets += 1
+
+    def _maybe_fail(self, method: str) -> None:
+        index = self.num_calls.get(method, 0)
+        self.num_calls[method] = index + 1
+        if (method, index) in self.failures:
+            raise self.failures[method, index]

@@ -1,7 +1,7 @@
 """The engine: prompt rendering, special tokens, reset, adapters, batching under memory limits, loading."""
 
 import json
-from pathlib import Path
+from dataclasses import replace
 
 import pytest
 import torch
@@ -44,8 +44,10 @@ def test_reset_gives_bit_identical_greedy_outputs_to_a_fresh_adapter(tokenizer):
     engine.reset()
     assert greedy_texts(engine) == fresh
     assert greedy_texts(tiny_engine(tokenizer)) == fresh  # a new engine, same seeds
-    decoder = SharedPrefixDecoder(engine.lm, [engine.encode_prompt(PROMPT)], 1, 1, False, None)
-    new = SharedPrefixDecoder(tiny_engine(tokenizer).lm, [engine.encode_prompt(PROMPT)], 1, 1, False, None)
+    decoder = SharedPrefixDecoder(engine.weights, 1, 1, 1, False)
+    new = SharedPrefixDecoder(tiny_engine(tokenizer).weights, 1, 1, 1, False)
+    decoder.load([engine.encode_prompt(PROMPT)])
+    new.load([engine.encode_prompt(PROMPT)])
     assert torch.equal(decoder.prefill(), new.prefill())  # bit for bit, not only the argmax
     # and training after a reset repeats training from scratch: the optimizer state was cleared too
     first = engine.finetune([(PROMPT, COMPLETION)] * 3, TRAIN).losses
@@ -62,6 +64,55 @@ def test_a_saved_adapter_loads_into_a_fresh_engine(tokenizer, tmp_path):
     other = tiny_engine(tokenizer)
     other.load_adapter(tmp_path)
     assert greedy_texts(other) == greedy_texts(trained)
+
+
+def base_weights(engine) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in engine.lm.parameters() if not p.requires_grad]
+
+
+def test_merged_and_unmerged_lora_decode_like_the_model_and_the_base_weights_come_back_exactly(tokenizer):
+    engine = tiny_engine(tokenizer)
+    fresh = greedy_texts(engine)
+    engine.finetune([(PROMPT, COMPLETION)] * 5, TRAIN)
+    before = base_weights(engine)
+    merged = engine.sample([PROMPT, OTHER_PROMPT], replace(GREEDY, merge_lora=True)).completions
+    assert all(torch.equal(a, b) for a, b in zip(before, base_weights(engine)))  # restored bit for bit
+    unmerged = engine.sample([PROMPT, OTHER_PROMPT], replace(GREEDY, merge_lora=False)).completions
+    assert [[c.text for c in cs] for cs in merged] == [[c.text for c in cs] for cs in unmerged] != fresh
+    ids = torch.tensor([engine.encode_prompt(PROMPT)])  # the model's own forward, LoRA layers and all
+    out = engine.lm.generate(ids, max_new_tokens=30, do_sample=False, eos_token_id=engine.stop_ids,
+                             pad_token_id=engine.pad_id)[0, ids.shape[1]:].tolist()
+    end = next((i for i, t in enumerate(out) if t in engine.stop_ids), len(out))
+    assert merged[0][0].text == tokenizer.decode(out[:end])
+
+
+def test_the_base_weights_come_back_when_sampling_fails_with_the_lora_merged(tokenizer, monkeypatch):
+    engine = tiny_engine(tokenizer)
+    engine.finetune([(PROMPT, COMPLETION)] * 2, TRAIN)
+    before = base_weights(engine)
+
+    def fail(*args):
+        assert engine.weights.is_merged  # the failure happens while the weights hold the LoRA
+        raise RuntimeError("failed mid-sampling")
+
+    monkeypatch.setattr(engine, "_sample_ids", fail)
+    with pytest.raises(RuntimeError, match="mid-sampling"):
+        engine.sample([PROMPT], GREEDY)
+    assert all(torch.equal(a, b) for a, b in zip(before, base_weights(engine)))
+
+
+def test_decoders_are_kept_across_calls_and_read_the_current_lora(tokenizer):
+    engine = tiny_engine(tokenizer)
+    greedy_texts(engine)
+    [decoder] = engine.decoders.values()
+    engine.finetune([(PROMPT, COMPLETION)] * 5, TRAIN)
+    for merge in (True, False):
+        kept = engine.sample([PROMPT, OTHER_PROMPT], replace(GREEDY, merge_lora=merge)).completions
+        assert list(engine.decoders.values()) == [decoder]  # same caches (and, on a GPU, the same graphs)
+        engine.release_sampler_memory()
+        rebuilt = engine.sample([PROMPT, OTHER_PROMPT], replace(GREEDY, merge_lora=merge)).completions
+        assert kept == rebuilt
+        decoder = engine.decoders[next(iter(engine.decoders))]
 
 
 def test_out_of_memory_halves_the_batch_and_retries(tokenizer, monkeypatch):
@@ -122,16 +173,3 @@ def test_load_engine_refuses_4bit_without_a_gpu():
 def test_configs_reject_bad_values(make):
     with pytest.raises(ValueError):
         make()
-
-
-def test_the_benchmark_runs_in_tiny_mode(capsys):
-    import importlib.util
-    path = Path(__file__).parents[1] / "bench" / "bench_engine.py"
-    spec = importlib.util.spec_from_file_location("bench_engine", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    result = bench.main(["--tiny"])
-    assert not result["errors"]
-    assert all(row["output_tok_s"] > 0 for row in result["sampling"])
-    assert max(result["check"]["relative_error_per_step"]) < 1e-4  # float32: the fast path is exact
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["bench"] == "engine"

@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 from tiny_lm import COMPLETION, PROMPT, one_thread, tiny_engine, tokenizer  # noqa: F401 (fixtures)
 
+from arcsl import finetune
 from arcsl.config import FinetuneConfig, SamplingConfig
 from arcsl.finetune import collate, completion_loss, micro_batches
 
@@ -85,3 +86,23 @@ def test_dora_trains_and_samples_through_the_modules_own_forward(tokenizer):
                              pad_token_id=engine.pad_id)[0, ids.shape[1]:].tolist()
     end = next((i for i, t in enumerate(out) if t in engine.stop_ids), len(out))
     assert completion.text == tokenizer.decode(out[:end])
+
+
+def test_a_micro_batch_out_of_memory_is_retried_with_checkpointing_from_its_length_on(tokenizer, monkeypatch):
+    engine = tiny_engine(tokenizer)
+    long, short = (len(engine.encode_example(PROMPT, c)[0]) for c in (COMPLETION, "ok"))
+    loss = finetune.completion_loss
+
+    def small_memory(lm, input_ids, loss_mask):  # sequences longer than `short` fit only when checkpointed
+        if input_ids.numel() > short and not lm.is_gradient_checkpointing:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return loss(lm, input_ids, loss_mask)
+
+    monkeypatch.setattr(finetune, "completion_loss", small_memory)
+    examples = [(PROMPT, COMPLETION), (PROMPT, "ok"), (PROMPT, COMPLETION)]
+    cfg = FinetuneConfig(learning_rate=3e-3, max_seq_len=256, max_tokens_per_micro_batch=256)
+    stats = engine.finetune(examples, cfg)
+    assert (stats.num_oom_retries, stats.num_checkpointed) == (1, 2)  # the first long one failed once
+    assert engine.finetuner.checkpoint_from_tokens == long
+    cfg.gradient_checkpointing = True
+    assert stats.losses == pytest.approx(tiny_engine(tokenizer).finetune(examples, cfg).losses, rel=1e-5)

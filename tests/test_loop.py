@@ -1,17 +1,19 @@
-import json
+"""The search-and-learn loop on one task, with a scripted engine: the algorithm, its callbacks, and one
+test per LoopConfig setting showing it does what its help text says."""
+
+import dataclasses
 
 import numpy as np
 import pytest
 
-from arcsl.cli import main
-from arcsl.config import (DataConfig, FinetuneConfig, LoopConfig, RelabelConfig, RunConfig, SamplingConfig,
-                          SandboxConfig, SolveConfig)
+import arcsl.loop
+from arcsl.config import FinetuneConfig, LoopConfig, RelabelConfig, SamplingConfig, SandboxConfig
+from arcsl.engine import ChatPrompt
 from arcsl.grids import load_tasks, select_tasks
 from arcsl.loop import LoopSettings, search_and_learn
+from arcsl.prompting import PROMPT_FORMATS
 from arcsl.sandbox import SandboxPool
-from arcsl.solve import solve
-from arcsl.store import open_store
-from fakes import CRASH, IDENTITY, NO_CODE, ROTATE_180, ROTATE_180_LONG, SCALE_2, ScriptedEngine
+from fakes import CRASH, IDENTITY, NO_CODE, ROTATE_180, ROTATE_180_LONG, SCALE_2, FakeClock, ScriptedEngine
 
 TASK_IDS = ["c59eb873", "3c9b0459"]  # scale x2 (3 train pairs), rotate 180 (4 train pairs): both dihedral-equivariant
 
@@ -27,10 +29,20 @@ def pool():
         yield p
 
 
-def settings(**loop) -> LoopSettings:
-    base = dict(initial_predictions=8, predictions_per_round=8, max_rounds=2, samples_per_view=4, stop="never")
-    return LoopSettings(LoopConfig(**(base | loop)), RelabelConfig(), SamplingConfig(), FinetuneConfig())
+@pytest.fixture
+def clock(monkeypatch) -> FakeClock:
+    """The loop's clock, made fake: time passes only while the scripted engine works."""
+    fake = FakeClock()
+    monkeypatch.setattr(arcsl.loop, "time", fake)
+    return fake
 
+
+def settings(relabel: RelabelConfig | None = None, **loop) -> LoopSettings:
+    base = dict(initial_predictions=8, predictions_per_round=8, max_rounds=2, samples_per_view=4, stop="never")
+    return LoopSettings(LoopConfig(**(base | loop)), relabel or RelabelConfig(), SamplingConfig(), FinetuneConfig())
+
+
+# --- the algorithm ------------------------------------------------------------------------------
 
 def test_wrong_programs_are_relabelled_and_trained_on_each_round(tasks, pool):
     engine = ScriptedEngine({3: [IDENTITY, CRASH, NO_CODE, IDENTITY]})
@@ -54,23 +66,15 @@ def test_relabelled_prompt_shows_the_programs_outputs_not_the_tasks(tasks, pool)
     assert grid_in == grid_out  # the identity program's output is its input
 
 
-def test_predictions_per_round_sets_the_number_of_programs_per_round(tasks, pool):
-    engine = ScriptedEngine({3: [IDENTITY]})
-    result = search_and_learn(tasks["c59eb873"], engine, pool, settings(initial_predictions=12,
-                                                                        predictions_per_round=4))
-    assert [r.num_predictions for r in result.rounds] == [12, 4, 4]
-    assert engine.sampled == [3, 1, 1]  # views = predictions / samples_per_view
-    assert len(result.attempts) == 20
-
-
-def test_task_stops_early_once_two_distinct_programs_solve_it(tasks, pool):
-    engine = ScriptedEngine({4: [ROTATE_180, ROTATE_180_LONG, IDENTITY, CRASH]})
-    result = search_and_learn(tasks["3c9b0459"], engine, pool, settings(stop="two-solutions"))
-    # both programs give the same test output, so they count as one solution: the task runs every round
-    assert result.stop_reason == "max-rounds" and result.rounds[-1].num_solutions == 1
+def test_relabel_settings_reach_the_fine_tuning(tasks, pool):
+    task = tasks["c59eb873"]
     engine = ScriptedEngine({3: [SCALE_2, IDENTITY]})
-    result = search_and_learn(tasks["c59eb873"], engine, pool, settings(stop="one-solution"))
-    assert result.stop_reason == "solved" and len(result.rounds) == 1
+    search_and_learn(task, engine, pool, settings(max_rounds=1, relabel=RelabelConfig(example_order="best-first")))
+    assert [c for _, c in engine.finetuned[0]] == [SCALE_2, IDENTITY]
+    engine = ScriptedEngine({3: [SCALE_2, IDENTITY]})
+    search_and_learn(task, engine, pool, settings(max_rounds=1, relabel=RelabelConfig(max_examples=1,
+                                                                                      drop_identity=True)))
+    assert [c for _, c in engine.finetuned[0]] == [SCALE_2]
 
 
 def test_solutions_survive_augmentation_and_are_selected(tasks, pool):
@@ -84,6 +88,8 @@ def test_solutions_survive_augmentation_and_are_selected(tasks, pool):
     assert result.scores.solved_at_2 == 1.0
 
 
+# --- timings and progress -----------------------------------------------------------------------
+
 def test_phase_timings_cover_the_round(tasks, pool):
     result = search_and_learn(tasks["c59eb873"], ScriptedEngine({3: [IDENTITY]}), pool, settings(max_rounds=1))
     for r in result.rounds:
@@ -92,48 +98,149 @@ def test_phase_timings_cover_the_round(tasks, pool):
     assert result.rounds[1].seconds["relabelling"] > 0
 
 
-def _solve_config(tmp_path, **run) -> SolveConfig:
-    return SolveConfig(data=DataConfig(dataset="arc-agi-1/training", task_ids=TASK_IDS),
-                       loop=LoopConfig(initial_predictions=8, predictions_per_round=8, max_rounds=1, samples_per_view=4),
-                       sandbox=SandboxConfig(num_workers=2, timeout_s=2.0),
-                       run=RunConfig(output_dir=str(tmp_path / "run"), progress=False, **run))
+def test_on_phase_hears_each_phase_as_it_starts_with_the_round_and_the_best_score_so_far(tasks, pool):
+    events, ended = [], []
+    search_and_learn(tasks["c59eb873"], ScriptedEngine({3: [SCALE_2, IDENTITY]}), pool,
+                     settings(max_rounds=2, relabel=RelabelConfig(skip_trained=False)),
+                     on_round=lambda new, stats: ended.append((stats.round, len(events))), on_phase=events.append)
+    learning = ["relabelling", "finetuning", "sampling", "execution"]
+    assert [(e.round, e.phase) for e in events] == ([(0, p) for p in ("reset", "sampling", "execution")]
+                                                    + [(1, p) for p in learning] + [(2, p) for p in learning])
+    assert ended == [(0, 3), (1, 7), (2, 11)]  # every phase of a round is heard before the round ends
+    assert {e.task_id for e in events} == {"c59eb873"}
+    # the best train score is the one before the phase: nothing before the first search, SCALE_2's 1.0 after it
+    assert [e.best_train_score for e in events[:3]] == [0.0, 0.0, 0.0]
+    assert all(e.best_train_score == 1.0 for e in events[3:])
 
 
-SCRIPTS = {3: [SCALE_2, IDENTITY, CRASH, NO_CODE], 4: [ROTATE_180, IDENTITY, NO_CODE, CRASH]}
+# --- one test per LoopConfig setting ------------------------------------------------------------
+
+def test_predictions_and_samples_per_view_set_the_programs_of_each_round(tasks, pool):
+    """initial_predictions, predictions_per_round, samples_per_view."""
+    engine = ScriptedEngine({3: [IDENTITY]})
+    result = search_and_learn(tasks["c59eb873"], engine, pool, settings(initial_predictions=12,
+                                                                        predictions_per_round=4))
+    assert [r.num_predictions for r in result.rounds] == [12, 4, 4]
+    assert engine.sampled == [3, 1, 1]  # views = predictions / samples_per_view
+    assert len(result.attempts) == 20
+    engine = ScriptedEngine({3: [IDENTITY]})
+    result = search_and_learn(tasks["c59eb873"], engine, pool, settings(samples_per_view=2, max_rounds=0))
+    assert engine.sampled == [4] and len(result.attempts) == 8
 
 
-def test_solve_writes_a_submission_that_scores_100_percent(tmp_path, capsys):
-    summary = solve(_solve_config(tmp_path), engine=ScriptedEngine(SCRIPTS))
-    out = tmp_path / "run"
-    for name in ("submission.json", "metrics.csv", "attempts.jsonl", "config.json", "report.html", "rounds.png",
-                 "results.sqlite"):
-        assert (out / name).exists(), name
-    assert summary.num_finished == 2 and summary.mean_scores["solved_at_2"] == 1.0
-    capsys.readouterr()
-    assert main(["score", str(out / "submission.json"), "--dataset", "arc-agi-1/training",
-                 "--task-ids", *TASK_IDS]) == 0
-    assert "score 100.00%" in capsys.readouterr().out
-    lines = (out / "metrics.csv").read_text().splitlines()
-    assert lines[-1].startswith("MEAN") and len(lines) == 4
-    # one distinct solution per task is not "two-solutions": both tasks run their learning round
-    assert sum(1 for _ in open(out / "attempts.jsonl")) == 2 * (8 + 8)
+def test_max_rounds_bounds_the_learning_rounds_and_zero_is_search_only(tasks, pool):
+    for max_rounds in (0, 1, 3):
+        engine = ScriptedEngine({3: [IDENTITY]})
+        result = search_and_learn(tasks["c59eb873"], engine, pool,
+                                  settings(max_rounds=max_rounds, relabel=RelabelConfig(skip_trained=False)))
+        assert len(result.rounds) == max_rounds + 1 and result.stop_reason == "max-rounds"
+        assert len(engine.finetuned) == max_rounds
 
 
-def test_resume_skips_finished_tasks(tmp_path):
-    solve(_solve_config(tmp_path), engine=ScriptedEngine(SCRIPTS))
-    engine = ScriptedEngine(SCRIPTS)
-    summary = solve(_solve_config(tmp_path, resume=True), engine=engine)
-    assert summary.num_skipped == 2 and summary.num_finished == 0 and engine.sampled == []
+def test_stop_ends_a_task_once_solved_as_configured(tasks, pool):
+    engine = ScriptedEngine({4: [ROTATE_180, ROTATE_180_LONG, IDENTITY, CRASH]})
+    result = search_and_learn(tasks["3c9b0459"], engine, pool, settings(stop="two-solutions"))
+    # both programs give the same test output, so they count as one solution: the task runs every round
+    assert result.stop_reason == "max-rounds" and result.rounds[-1].num_solutions == 1
+    engine = ScriptedEngine({3: [SCALE_2, IDENTITY]})
+    result = search_and_learn(tasks["c59eb873"], engine, pool, settings(stop="one-solution"))
+    assert result.stop_reason == "solved" and len(result.rounds) == 1
+    result = search_and_learn(tasks["c59eb873"], engine, pool, settings(stop="never"))
+    assert result.stop_reason == "max-rounds" and len(result.rounds) == 3 and result.scores.solved_at_2 == 1.0
 
 
-def test_existing_run_without_resume_is_refused(tmp_path):
-    solve(_solve_config(tmp_path), engine=ScriptedEngine(SCRIPTS))
-    with pytest.raises(ValueError, match="--resume"):
-        solve(_solve_config(tmp_path), engine=ScriptedEngine(SCRIPTS))
+def test_task_time_s_starts_no_round_once_the_task_budget_is_spent(tasks, pool, clock):
+    def rounds_run(task_time_s: float) -> tuple[int, str]:
+        engine = ScriptedEngine({3: [IDENTITY]}, clock=clock, sample_s=100.0)
+        result = search_and_learn(tasks["c59eb873"], engine, pool, settings(max_rounds=3, task_time_s=task_time_s))
+        return len(result.rounds), result.stop_reason
+
+    assert rounds_run(150.0) == (2, "task-time")  # 100 s after round 0: go on; 200 s after round 1: stop
+    assert rounds_run(-1) == (4, "max-rounds")
 
 
-def test_config_is_saved_and_round_trips(tmp_path):
-    cfg = _solve_config(tmp_path)
-    solve(cfg, engine=ScriptedEngine(SCRIPTS))
-    saved = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert saved["loop"]["initial_predictions"] == 8 and saved["data"]["task_ids"] == TASK_IDS
+def test_the_deadline_starts_no_round_that_would_end_after_it(tasks, pool, clock):
+    engine = ScriptedEngine({3: [IDENTITY]}, clock=clock, sample_s=100.0)
+    deadline = clock.now + 250.0
+    result = search_and_learn(tasks["c59eb873"], engine, pool, settings(max_rounds=3), deadline=lambda: deadline)
+    # round 0 ends at 100 s and round 1 at 200 s; round 2 would end at 300 s, after the deadline
+    assert len(result.rounds) == 2 and result.stop_reason == "deadline" and clock.now <= deadline
+
+
+def test_prompt_format_chooses_the_prompt_and_how_the_program_is_read(tasks, pool):
+    program = "def transform(input_grid):\n    return input_grid\n"
+    engine = ScriptedEngine({0: [program]})  # toy prompts have no "Example" headers
+    result = search_and_learn(tasks["c59eb873"], engine, pool, settings(prompt_format="toy", max_rounds=0))
+    assert all(isinstance(p, str) and p.startswith("in\n") for p in engine.prompts)
+    assert all(a.program == program and a.has_valid_outputs for a in result.attempts)  # the completion is the program
+    engine = ScriptedEngine({3: [IDENTITY]})
+    result = search_and_learn(tasks["c59eb873"], engine, pool, settings(prompt_format="barc", max_rounds=0))
+    assert all(isinstance(p, ChatPrompt) for p in engine.prompts)
+    assert all(a.program == program and a.response == IDENTITY for a in result.attempts)  # read from the fence
+
+
+def _views(tasks, pool, **loop) -> list:
+    """The augmentations of one 16-view search."""
+    result = search_and_learn(tasks["3c9b0459"], ScriptedEngine({4: [IDENTITY]}), pool,
+                              settings(initial_predictions=16, samples_per_view=1, max_rounds=0, **loop))
+    return [a.augmentation for a in result.attempts]
+
+
+def test_augment_dihedral_turns_and_flips_the_views_or_not(tasks, pool):
+    assert any(v.dihedral != 0 for v in _views(tasks, pool, augment_dihedral=True))
+    assert all(v.dihedral == 0 for v in _views(tasks, pool, augment_dihedral=False))
+
+
+def test_augment_colors_permutes_no_colour_all_but_black_or_all(tasks, pool):
+    identity = tuple(range(10))
+    assert all(v.colors == identity for v in _views(tasks, pool, augment_colors="none"))
+    kept = _views(tasks, pool, augment_colors="keep-background")
+    assert all(v.colors[0] == 0 for v in kept) and any(v.colors != identity for v in kept)
+    assert any(v.colors[0] != 0 for v in _views(tasks, pool, augment_colors="all"))
+
+
+def test_augment_train_order_shuffles_the_train_pairs_or_not(tasks, pool):
+    assert any(v.train_order not in (None, (0, 1, 2, 3)) for v in _views(tasks, pool, augment_train_order=True))
+    assert all(v.train_order is None for v in _views(tasks, pool, augment_train_order=False))
+
+
+def test_seed_chooses_the_views_and_the_samples_and_the_same_seed_repeats_them(tasks, pool):
+    def run(seed: int) -> list:
+        engine = ScriptedEngine({3: [IDENTITY, CRASH, NO_CODE, SCALE_2]})
+        result = search_and_learn(tasks["c59eb873"], engine, pool, settings(seed=seed, max_rounds=1))
+        return [(a.augmentation, a.response, a.round) for a in result.attempts] + [engine.finetuned]
+
+    assert run(0) == run(0)
+    assert run(0) != run(1)
+
+
+@pytest.mark.parametrize("bad", [dict(samples_per_view=0), dict(initial_predictions=6), dict(predictions_per_round=0),
+                                 dict(max_rounds=-1), dict(stop="sometimes"), dict(augment_colors="some"),
+                                 dict(task_time_s=0), dict(prompt_format="chatml")])
+def test_bad_loop_settings_are_refused_with_the_settings_name(bad):
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        LoopConfig(**bad)
+
+
+def test_every_prompt_format_is_a_valid_setting():
+    for name in PROMPT_FORMATS:
+        assert LoopConfig(prompt_format=name).prompt_format == name
+
+
+SETTING_TESTS = {  # LoopConfig field -> the test that shows it does what its help says
+    "initial_predictions": test_predictions_and_samples_per_view_set_the_programs_of_each_round,
+    "predictions_per_round": test_predictions_and_samples_per_view_set_the_programs_of_each_round,
+    "samples_per_view": test_predictions_and_samples_per_view_set_the_programs_of_each_round,
+    "max_rounds": test_max_rounds_bounds_the_learning_rounds_and_zero_is_search_only,
+    "stop": test_stop_ends_a_task_once_solved_as_configured,
+    "task_time_s": test_task_time_s_starts_no_round_once_the_task_budget_is_spent,
+    "prompt_format": test_prompt_format_chooses_the_prompt_and_how_the_program_is_read,
+    "augment_dihedral": test_augment_dihedral_turns_and_flips_the_views_or_not,
+    "augment_colors": test_augment_colors_permutes_no_colour_all_but_black_or_all,
+    "augment_train_order": test_augment_train_order_shuffles_the_train_pairs_or_not,
+    "seed": test_seed_chooses_the_views_and_the_samples_and_the_same_seed_repeats_them,
+}
+
+
+def test_every_loop_setting_has_a_test():
+    assert set(SETTING_TESTS) == {f.name for f in dataclasses.fields(LoopConfig)}

@@ -5,8 +5,8 @@ import torch
 from tiny_lm import OTHER_PROMPT, PROMPT, one_thread, tiny_engine, tokenizer  # noqa: F401 (fixtures)
 
 from arcsl.config import SamplingConfig
-from arcsl.sampler import (CHECK_EVERY, CacheDecoder, SharedPrefixDecoder, code_block_end, generate,
-                           pick_tokens)
+from arcsl.sampler import (CHECK_EVERY, EAGER_OPS, CacheDecoder, SharedPrefixDecoder, code_block_end, compiled_ops,
+                           generate, pick_tokens)
 
 
 def texts(result):
@@ -33,7 +33,11 @@ def test_seeded_sampling_is_reproducible_and_matches_the_per_sample_cache(tokeni
     prompt = engine.encode_prompt(PROMPT)
 
     def run(decoder_type, seed):
-        decoder = decoder_type(engine.lm, [prompt], 6, 29, False, None)
+        if decoder_type is CacheDecoder:
+            decoder = CacheDecoder(engine.lm, [prompt], 6, None)
+        else:
+            decoder = SharedPrefixDecoder(engine.weights, 1, 6, 29, False)
+            decoder.load([prompt])
         cfg = SamplingConfig(max_new_tokens=30, temperature=1.0, top_p=0.9, stop_at_code_end=False)
         rows = generate(decoder, decoder.prefill(), cfg, [], torch.Generator().manual_seed(seed), None)
         return [r.tokens[:r.end] for r in rows]
@@ -115,3 +119,19 @@ def test_decoding_ends_once_every_sample_has_stopped(tokenizer):
     rows = generate(decoder, decoder.prefill(), cfg, [1], None, tokenizer)
     assert [r.end for r in rows] == [3, 2]
     assert decoder.num_steps < CHECK_EVERY  # not 499: the batch stops at the first check after all ended
+
+
+def greedy_tokens(engine, ops, prompts, rows_per_prompt=2, steps=24):
+    decoder = SharedPrefixDecoder(engine.weights, len(prompts), rows_per_prompt, steps - 1, False, ops)
+    decoder.load([engine.encode_prompt(p) for p in prompts])
+    cfg = SamplingConfig(max_new_tokens=steps, temperature=0, stop_at_code_end=False)
+    return [r.tokens for r in generate(decoder, decoder.prefill(), cfg, [], None, None)]
+
+
+def test_the_compiled_decode_step_gives_the_eager_tokens(tokenizer):
+    # torch.compile traces each decode piece whole (fullgraph); the "eager" backend runs the traced graphs as
+    # they are, so this checks the tracing. Inductor's fused kernels are checked against this CPU path on a
+    # GPU by bench/bench_engine.py (compiling them on a CPU takes minutes).
+    engine = tiny_engine(tokenizer)
+    prompts = [PROMPT, OTHER_PROMPT]
+    assert greedy_tokens(engine, compiled_ops("eager"), prompts) == greedy_tokens(engine, EAGER_OPS, prompts)

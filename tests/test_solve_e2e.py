@@ -1,27 +1,41 @@
-"""End to end on CPU: `arcsl solve` with a tiny randomly initialised model on two ARC tasks, two rounds."""
+"""End to end on CPU: `arcsl solve` with a tiny randomly initialised model on ARC tasks."""
 
 import json
+from dataclasses import replace
 
+import pytest
+
+import arcsl.engine
 from arcsl.cli import main
 from arcsl.grids import load_tasks, select_tasks
 from arcsl.store import open_store
 from arcsl.submission import submission_problems
-from tiny_lm import tiny_llama, tiny_tokenizer
+from fakes import IDENTITY
+from tiny_lm import one_thread, tiny_llama, tiny_tokenizer  # noqa: F401 (one_thread: an autouse fixture)
 
 
-def test_solve_with_a_tiny_model_writes_consistent_outputs(tmp_path, capsys):
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model")
     tokenizer = tiny_tokenizer()
     model = tiny_llama(tokenizer)
     model.config.max_position_embeddings = 4096  # BARC prompts of the smallest tasks: ~1-2k tokens here
-    model.save_pretrained(tmp_path / "model")
-    tokenizer.save_pretrained(tmp_path / "model")
-    out = tmp_path / "run"
-    args = ["solve", "--dataset", "arc-agi-1/training", "--sort", "small-first", "--limit", "2",
-            "--model", str(tmp_path / "model"), "--device", "cpu", "--lora-rank", "4",
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+def solve_args(model_dir, out, num_tasks: int, max_rounds: int, *extra: str) -> list[str]:
+    return ["solve", "--dataset", "arc-agi-1/training", "--sort", "small-first", "--limit", str(num_tasks),
+            "--model", str(model_dir), "--device", "cpu", "--lora-rank", "4",
             "--initial-predictions", "4", "--predictions-per-round", "4", "--samples-per-view", "2",
-            "--max-rounds", "2", "--stop", "never", "--max-new-tokens", "16", "--num-workers", "2",
-            "--output-dir", str(out), "--no-progress"]
-    assert main(args) == 0
+            "--max-rounds", str(max_rounds), "--stop", "never", "--max-new-tokens", "16", "--num-workers", "2",
+            "--output-dir", str(out), "--no-progress", *extra]
+
+
+def test_solve_with_a_tiny_model_writes_consistent_outputs(model_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(solve_args(model_dir, out, 2, 2)) == 0
 
     tasks = select_tasks(load_tasks("arc-agi-1/training").tasks, sort="small-first", limit=2)
     submission = json.loads((out / "submission.json").read_text())
@@ -33,4 +47,48 @@ def test_solve_with_a_tiny_model_writes_consistent_outputs(tmp_path, capsys):
         assert rounds == {(t.id, r) for t in tasks for r in range(3)}
     lines = (out / "metrics.csv").read_text().splitlines()
     assert len(lines) == 1 + 2 + 1 and lines[-1].startswith("MEAN")
+    assert sum(1 for _ in open(out / "attempts.jsonl")) == 2 * (4 + 2 * 4)
+    assert json.loads((out / "config.json").read_text())["loop"]["max_rounds"] == 2
+    report = (out / "report.html").read_text()
+    assert all(t.id in report for t in tasks) and (out / "rounds.png").stat().st_size > 0
     assert "time by phase" in capsys.readouterr().out
+
+
+class ProgramWriter:
+    """The tiny model's engine with a valid program before each of its completions. The model's random
+    text alone never runs, so nothing would be relabelled and fine-tuning would go untested."""
+
+    def __init__(self, engine):
+        self.engine, self.num_finetunes = engine, 0
+
+    def sample(self, prompts, cfg, seed=0):
+        result = self.engine.sample(prompts, cfg, seed)
+        return replace(result, completions=[[replace(c, text=IDENTITY + c.text) for c in cs]
+                                            for cs in result.completions])
+
+    def finetune(self, examples, cfg, seed=0):
+        self.num_finetunes += 1
+        return self.engine.finetune(examples, cfg, seed)
+
+    def reset(self):
+        self.engine.reset()
+
+
+def test_seed_makes_a_cpu_run_exactly_reproducible(model_dir, tmp_path, monkeypatch):
+    engines = []
+
+    def load_engine(cfg):
+        engines.append(ProgramWriter(load_real_engine(cfg)))
+        return engines[-1]
+
+    load_real_engine = arcsl.engine.load_engine
+    monkeypatch.setattr(arcsl.engine, "load_engine", load_engine)
+
+    def attempts(name: str, seed: int) -> list[dict]:
+        assert main(solve_args(model_dir, tmp_path / name, 1, 1, "--seed", str(seed))) == 0
+        rows = [json.loads(line) for line in open(tmp_path / name / "attempts.jsonl")]
+        return [{k: v for k, v in row.items() if k != "timings"} for row in rows]  # timings vary from run to run
+
+    first = attempts("first", seed=0)
+    assert engines[0].num_finetunes == 1 and {row["round"] for row in first} == {0, 1}
+    assert attempts("again", seed=0) == first  # views, samples, fine-tuning and the samples after it

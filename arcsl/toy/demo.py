@@ -1,0 +1,173 @@
+"""The embedded default of `arcsl solve`: search and learn against search alone, on toy tasks, on a CPU.
+
+The shipped model (`models/toy`) was pretrained on tasks with 1-5 drawing calls. The demo tasks
+need 8-25 calls: out of distribution, where the model alone writes about 5 lines and stops. The
+demo runs the same tasks twice with the same number of programs per task: once search-and-learn
+(a search, then rounds of fine-tuning on hindsight-relabelled attempts and searching again), once
+search alone (all programs from the pretrained model), and prints one table comparing them.
+
+    python -m arcsl.toy.demo --write-tasks     # regenerate arcsl/toy/demo_tasks.json (seeded)
+    arcsl solve                                 # the demo: no --dataset and no --model
+
+What is not covered: choosing settings for other models; the settings here are tuned for the toy
+model on 2 CPU cores (see docs/toy.md for the measurements behind them).
+"""
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from arcsl.config import (DataConfig, FinetuneConfig, LoopConfig, ModelConfig, RelabelConfig, RunConfig,
+                          SamplingConfig, SolveConfig)
+from arcsl.grids import task_to_json
+from arcsl.toy import draw
+from arcsl.toy.config import TaskConfig
+from arcsl.toy.tasks import Call, ToyTask, generate_tasks, make_task
+
+TOY_MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "toy"
+DEMO_TASKS = Path(__file__).with_name("demo_tasks.json")
+DEMO_DATASET = "toy/demo"
+
+
+# --- the tasks ----------------------------------------------------------------------------------
+
+def _canvases(colors: list[int], noise: float = 0.0, seed: int = 0, side: int = 10) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [draw.noisy(side, side, c, noise, rng) if noise else draw.blank(side, side, c) for c in colors]
+
+
+def _square_grid(n: int, side: int, start: int, step: int, color: int) -> list[Call]:
+    """n x n filled squares of `side` cells, the first at (start, start), `step` cells apart."""
+    return [Call("rect", (start + i * step, start + j * step, start + i * step + side - 1,
+                          start + j * step + side - 1, color)) for i in range(n) for j in range(n)]
+
+
+def demo_tasks() -> list[ToyTask]:
+    """The shipped out-of-distribution tasks: 8-25 calls on 10 x 10 grids, 2 train pairs + 1 test."""
+    lattice = lambda n, start, step, color: [Call("pixel", (start + step * i, start + step * j, color))  # noqa: E731
+                                             for i in range(n) for j in range(n)]
+    stripes = [Call("line", (r, 1, r, 8, 6 + r % 2)) for r in range(1, 9)]  # alternating: not one rect
+    diagonals = [Call("line", (0, c, 9 - c, 9, 5)) for c in range(0, 10, 2)] + \
+                [Call("line", (r, 0, 9, 9 - r, 5)) for r in range(2, 10, 2)]
+    frames = [Call("border", (0, 0, 9, 9, 1)), Call("border", (2, 2, 7, 7, 2)), Call("rect", (4, 4, 5, 5, 3))] + \
+             [Call("pixel", (r, c, 4)) for r, c in ((1, 1), (1, 8), (8, 1), (8, 8), (3, 3))]
+    random_cfg = TaskConfig(min_side=10, max_side=10, max_shape_side=4, noise_probability=1.0, max_noise_density=0.3)
+    # noisy canvases: no program can fake a shape by painting background over a larger one, so a
+    # program exact on the train pairs draws exactly the shapes (and is right on the test input)
+    tasks = [
+        make_task("squares-9", _canvases([0, 0, 7], noise=0.25, seed=0), _square_grid(3, 2, 1, 3, 4), 2),
+        make_task("pixels-16", _canvases([0, 1, 0], noise=0.25, seed=1), lattice(4, 1, 2, 3), 2),
+        make_task("pixels-25", _canvases([0, 0, 0], noise=0.2, seed=2), lattice(5, 0, 2, 9), 2),
+        make_task("stripes-8", _canvases([0, 3, 0], noise=0.3, seed=3), stripes, 2),
+        make_task("diagonals-9", _canvases([0, 0, 2], noise=0.25, seed=4), diagonals, 2),
+        make_task("frames-8", _canvases([0, 0, 0], noise=0.3, seed=5), frames, 2),
+    ]
+    for num_calls in (8, 12):
+        generated = generate_tasks(seed=11, num_tasks=1, num_calls=num_calls, cfg=random_cfg)[0]
+        tasks.append(replace(generated, task=replace(generated.task, id=f"random-{num_calls}")))
+    return tasks
+
+
+def write_tasks(path: Path = DEMO_TASKS) -> None:
+    data = {t.task.id: task_to_json(t.task) | {"program": t.program} for t in demo_tasks()}
+    path.write_text(json.dumps(data, indent=None, separators=(",", ":")) + "\n")
+
+
+# --- the settings -------------------------------------------------------------------------------
+
+def demo_config(output_dir: str = "out/demo") -> SolveConfig:
+    """Defaults of `arcsl solve` without --dataset and --model: the toy model on the demo tasks."""
+    return SolveConfig(
+        data=DataConfig(dataset=DEMO_DATASET),
+        model=ModelConfig(model=str(TOY_MODEL_DIR), lora_rank=16, lora_alpha=16.0),
+        sampling=SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=400),
+        finetune=FinetuneConfig(learning_rate=1e-3, num_epochs=2, examples_per_step=4, max_seq_len=2048,
+                                max_tokens_per_micro_batch=8192),
+        relabel=RelabelConfig(relabel_rounds="all", max_examples=16),
+        loop=LoopConfig(initial_predictions=32, predictions_per_round=32, max_rounds=3, samples_per_view=8,
+                        stop="one-solution", prompt_format="toy"),
+        run=RunConfig(output_dir=output_dir))
+
+
+# --- search and learn against search alone ------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class ArmResult:
+    """One task under one arm (search-and-learn or search alone)."""
+    task_id: str
+    solved: bool            # one program is exact on every train and test grid
+    best_train_score: float
+    predictions: int
+
+
+def search_only(cfg: SolveConfig) -> SolveConfig:
+    """The same budget of programs per task as `cfg` at most uses, all from the pretrained model."""
+    loop = replace(cfg.loop, initial_predictions=cfg.loop.total_predictions, max_rounds=0)
+    return replace(cfg, loop=loop)
+
+
+def compare(cfg: SolveConfig, engine=None) -> list[tuple[ArmResult, ArmResult]]:
+    """Run search-and-learn then search alone into two sub-folders of cfg.run.output_dir; print the table.
+
+    Args:
+        engine: an `Engine` to use instead of loading `cfg.model` (tests).
+    """
+    from arcsl.engine import load_engine
+    from arcsl.solve import solve
+
+    out = Path(cfg.run.output_dir)
+    engine = engine or load_engine(cfg.model)  # loaded once: both arms start from the same weights (reset per task)
+    arms = {}
+    for name, arm_cfg in (("search-and-learn", cfg), ("search-only", search_only(cfg))):
+        print(f"\n== {name} ==", file=sys.stderr)
+        arm_cfg = replace(arm_cfg, run=replace(cfg.run, output_dir=str(out / name)))
+        solve(arm_cfg, engine=engine)
+        arms[name] = _arm_results(out / name)
+    rows = [(arms["search-and-learn"][k], arms["search-only"][k]) for k in arms["search-and-learn"]]
+    table = comparison_table(rows)
+    print("\n" + table)
+    (out / "comparison.md").write_text(table + "\n")
+    return rows
+
+
+def _arm_results(run_dir: Path) -> dict[str, ArmResult]:
+    from arcsl.store import open_store
+
+    with open_store(run_dir / "results.sqlite", resume=True) as store:
+        best = {}
+        for a in store.iter_attempts():
+            best[a.task_id] = max(best.get(a.task_id, 0.0), a.scores.train.pixel_score)
+        return {s.task_id: ArmResult(s.task_id, bool(s.oracle_pass_at_n), best.get(s.task_id, 0.0), s.n_preds)
+                for s in store.task_scores()}
+
+
+def comparison_table(rows: list[tuple[ArmResult, ArmResult]]) -> str:
+    """Markdown: per task, solved and best train score under each arm, then the totals."""
+    lines = ["| task | search-and-learn | search only |", "|---|---|---|"]
+
+    def cell(r: ArmResult) -> str:
+        return f"{'**solved**' if r.solved else 'no'} ({r.best_train_score:.3f}, {r.predictions} programs)"
+
+    for learn, alone in rows:
+        lines.append(f"| {learn.task_id} | {cell(learn)} | {cell(alone)} |")
+    lines.append(f"| **solved** | **{sum(a.solved for a, _ in rows)} / {len(rows)}** | "
+                 f"**{sum(b.solved for _, b in rows)} / {len(rows)}** |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--write-tasks", action="store_true", help=f"write {DEMO_TASKS.name} and exit")
+    args = parser.parse_args(argv)
+    if args.write_tasks:
+        write_tasks()
+        print(DEMO_TASKS)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""Toy tasks as plain text for the small model: task -> prompt; the completion is the program.
+
+The prompt shows every train pair as an `in` grid and an `out` grid in the digit format, one blank
+line after each pair; the model then writes the program, which starts with `tasks.HEADER`, and ends
+it with the tokenizer's EOS token. Test inputs are left out: the program is the same for every input.
+
+    in
+    000
+    000
+    out
+    220
+    220
+
+No chat template and no instructions: the model was trained from scratch on this format only.
+"""
+
+from arcsl.gridtext import grid_to_digits
+from arcsl.grids import Task
+
+
+def task_prompt(task: Task) -> str:
+    """The prompt for `task`: its train pairs, in order."""
+    return "".join(f"in\n{grid_to_digits(p.input)}out\n{grid_to_digits(p.output)}\n" for p in task.train)
+
+
+def training_example(task: Task, program: str) -> tuple[str, str]:
+    """(prompt, completion) for fine-tuning on `task` solved by `program`."""
+    return task_prompt(task), program

@@ -1,0 +1,167 @@
+"""Rounds are free? `arcsl solve` with 1, 3 and 7 learning rounds at a fixed number of predictions per task.
+
+Examples:
+    python bench/bench_rounds.py                                                  # tiny model on CPU, seconds
+    PYTHONUNBUFFERED=1 python bench/bench_rounds.py --arch llama-3.1-8b --out $OUT/rounds.json   # GPU, ~8 min
+
+Each configuration runs `arcsl.solve.solve` (the whole loop: views, sampling, sandbox execution, scoring,
+relabelling, fine-tuning, reset, the results store, submission and reports) on the same ARC-AGI-1
+evaluation tasks of median size, with the same total per task: P predictions (P/(R+1) per search, R
+learning rounds) and T relabelled training examples (T/R per round, --train-examples). The model has
+random weights, so it writes garbage: every sample is generated to exactly --max-new-tokens tokens
+(SamplingConfig.ignore_eos, benchmarks only), and then its text is replaced by a BARC-style program
+(benchlib.ProgramEngine), so that execution, relabelling and fine-tuning get realistic work. Prompts are
+tokenised by benchlib's code tokenizer (~1 token per grid cell, like Llama-3's). The per-task wall time is
+the sum of the loop's own phase timings; the per-round breakdown is their mean over the tasks.
+A warm-up (compilation, first CUDA graphs) runs before the first configuration. Prints tables, one JSON line.
+"""
+
+import argparse
+import json
+import shutil
+import statistics
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from benchlib import (ProgramEngine, build_model, code_tokenizer, dataset, finish, header, median_tasks,
+                      pick_device, print_table, random_ids)
+
+from arcsl.config import (DataConfig, FinetuneConfig, LoopConfig, ModelConfig, RelabelConfig, RunConfig,
+                          SamplingConfig, SandboxConfig, SolveConfig)
+from arcsl.engine import HFEngine
+from arcsl.prompting import barc_prompt
+from arcsl.solve import solve
+from arcsl.store import open_store
+
+DATASET = "arc-agi-1/evaluation"
+
+
+def solve_config(args, rounds: int, task_ids: list[str], output_dir: Path) -> SolveConfig:
+    per_search = args.predictions // (rounds + 1)
+    return SolveConfig(
+        data=DataConfig(dataset=DATASET, task_ids=task_ids),
+        model=ModelConfig(model=f"random {args.arch}", lora_rank=args.lora_rank, lora_alpha=32),
+        sampling=SamplingConfig(max_new_tokens=args.max_new_tokens, ignore_eos=True),
+        finetune=FinetuneConfig(),
+        relabel=RelabelConfig(max_examples=args.train_examples // rounds),
+        loop=LoopConfig(initial_predictions=per_search, predictions_per_round=per_search, max_rounds=rounds,
+                        samples_per_view=args.samples_per_view, stop="never"),
+        sandbox=SandboxConfig(),
+        run=RunConfig(output_dir=str(output_dir), progress=False))
+
+
+def check_args(args) -> None:
+    for rounds in args.rounds:
+        per_search = args.predictions // (rounds + 1)
+        if per_search * (rounds + 1) != args.predictions or per_search % args.samples_per_view:
+            raise ValueError(f"--predictions {args.predictions} must split into {rounds + 1} searches of a multiple "
+                             f"of --samples-per-view {args.samples_per_view}")
+        if args.train_examples % rounds:
+            raise ValueError(f"--train-examples {args.train_examples} must split evenly over {rounds} rounds")
+
+
+def warm_up(engine: HFEngine, args) -> float:
+    """What a run pays once, before its first task: compiling the decode step (two batch shapes, after which
+    sizes are symbolic), the trainer's first step, the first merge of a LoRA (its host copy is made then)."""
+    started = time.perf_counter()
+    vocab = engine.lm.config.vocab_size
+    gen = torch.Generator().manual_seed(0)
+    cfg = SamplingConfig(num_samples=args.samples_per_view, max_new_tokens=args.max_new_tokens, ignore_eos=True)
+    for num_prompts in (1, 2):
+        engine.sample([random_ids(300, vocab, gen) for _ in range(num_prompts)], cfg)
+    engine.finetune([(random_ids(300, vocab, gen), random_ids(50, vocab, gen))], FinetuneConfig())
+    engine.sample([random_ids(300, vocab, gen)], cfg)
+    engine.reset()
+    return time.perf_counter() - started
+
+
+def measure(args, rounds: int, task_ids: list[str], engine: ProgramEngine, work_dir: Path) -> dict:
+    output_dir = work_dir / f"rounds_{rounds}"
+    shutil.rmtree(output_dir, ignore_errors=True)
+    engine.sample_stats, engine.finetune_stats = [], []
+    started = time.perf_counter()
+    solve(solve_config(args, rounds, task_ids, output_dir), engine=engine)
+    wall = time.perf_counter() - started
+    with open_store(output_dir / "results.sqlite", resume=True) as store:
+        timings = store.phase_timings()
+    per_task, per_round = defaultdict(float), defaultdict(lambda: defaultdict(float))
+    for t in timings:
+        per_task[t.task_id] += t.seconds
+        per_round[t.round][t.phase] += t.seconds / len(task_ids)
+    return {"rounds": rounds, "predictions_per_search": args.predictions // (rounds + 1),
+            "train_examples_per_round": args.train_examples // rounds,
+            "examples_trained": sum(s.num_examples for s in engine.finetune_stats),
+            "task_s": {k: round(v, 2) for k, v in per_task.items()},
+            "mean_task_s": round(statistics.mean(per_task.values()), 2),
+            "phase_s_per_task": {phase: round(sum(r[phase] for r in per_round.values()), 2)
+                                 for phase in sorted({t.phase for t in timings})},
+            "per_round": {r: {phase: round(s, 3) for phase, s in phases.items()}
+                          for r, phases in sorted(per_round.items())},
+            "capture_s_per_task": round(sum(s.capture_s for s in engine.sample_stats) / len(task_ids), 2),
+            "output_tokens": sum(s.num_output_tokens for s in engine.sample_stats),
+            "solve_wall_s": round(wall, 1)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="tiny", choices=["tiny", "llama-3.1-8b"])
+    parser.add_argument("--num-tasks", type=int, default=None, help="default: 1 tiny, 5")
+    parser.add_argument("--rounds", type=int, nargs="+", default=None, help="default: 1 2 tiny, 1 3 7")
+    parser.add_argument("--predictions", type=int, default=None, help="per task; default: 12 tiny, 128")
+    parser.add_argument("--samples-per-view", type=int, default=None, help="default: 2 tiny, 8")
+    parser.add_argument("--train-examples", type=int, default=None, help="per task, all rounds; default: 2 tiny, 21")
+    parser.add_argument("--max-new-tokens", type=int, default=None, help="per sample; default: 8 tiny, 400")
+    parser.add_argument("--work-dir", default=None, help="where the runs' output directories go (default: a temp dir)")
+    parser.add_argument("--out", default=None, help="also write the JSON result to this file")
+    args = parser.parse_args(argv)
+    tiny = args.arch == "tiny"
+    defaults = {"num_tasks": (1, 5), "rounds": ([1, 2], [1, 3, 7]), "predictions": (12, 128),
+                "samples_per_view": (2, 8), "train_examples": (2, 21), "max_new_tokens": (8, 400)}
+    for name, (small, large) in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, small if tiny else large)
+    check_args(args)
+
+    device = pick_device(tiny)
+    tokenizer = code_tokenizer(tiny=tiny)
+    model = build_model(args.arch, device, len(tokenizer) if tiny else None)
+    args.lora_rank = 8 if tiny else 32
+    engine = HFEngine(model, tokenizer, ModelConfig(model=args.arch, lora_rank=args.lora_rank, lora_alpha=32))
+    task_ids = median_tasks(DATASET, args.num_tasks)
+    result = header("rounds", device, argv) | {
+        "model": f"{args.arch}, random weights", "tasks": task_ids,
+        "prompt_tokens": {t.id: len(engine.encode_prompt(barc_prompt(t)))
+                          for t in dataset(DATASET) if t.id in task_ids},
+        "settings": {k: getattr(args, k) for k in defaults}}
+    result["warm_up_s"] = round(warm_up(engine, args), 1)
+    work_dir = Path(args.work_dir or tempfile.mkdtemp(prefix="arcsl_rounds_"))
+    programs = ProgramEngine(engine)
+    result["configs"] = configs = []
+    for rounds in args.rounds:
+        configs.append(measure(args, rounds, task_ids, programs, work_dir))
+        if args.out:  # what is done so far survives a time limit
+            Path(args.out).write_text(json.dumps(result) + "\n")
+    times = [c["mean_task_s"] for c in configs]
+    result["spread"] = round(max(times) / min(times) - 1, 3)  # (slowest - fastest) / fastest
+    result["within_15_percent"] = result["spread"] <= 0.15
+
+    print_table("per task (mean over tasks, seconds)", [
+        {"rounds": c["rounds"], "task_s": c["mean_task_s"], **c["phase_s_per_task"],
+         "capture_s": c["capture_s_per_task"], "examples": c["examples_trained"]} for c in configs],
+        ["rounds", "task_s", "sampling", "execution", "relabelling", "finetuning", "reset", "other", "capture_s",
+         "examples"])
+    for c in configs:
+        print_table(f"{c['rounds']} rounds: seconds per round (mean over tasks)",
+                    [{"round": r, **phases} for r, phases in c["per_round"].items()],
+                    ["round", "sampling", "execution", "relabelling", "finetuning", "reset", "other"])
+    print(f"\nslowest / fastest configuration: +{100 * result['spread']:.1f} % "
+          f"(target: within 15 %): {'met' if result['within_15_percent'] else 'not met'}")
+    return finish(result, args.out)
+
+
+if __name__ == "__main__":
+    main()

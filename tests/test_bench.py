@@ -1,0 +1,64 @@
+"""The benchmarks in their tiny CPU mode, so that they keep working (their figures come from GPU runs)."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).parents[1] / "bench"
+
+
+def load(name: str):
+    sys.path.insert(0, str(BENCH))  # the scripts import benchlib from beside them
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)  # the benchmarks use one thread on CPU
+
+
+def last_json_line(capsys) -> dict:
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_the_engine_benchmark_runs_in_tiny_mode_and_its_paths_agree(capsys):
+    result = load("bench_engine").main(["--tiny"])
+    assert not result["errors"]
+    assert all(row["output_tok_s"] > 0 for row in result["sampling"])
+    assert all(row["checkpointed"] == "0/2" for row in result["finetune"])
+    assert max(result["check"]["relative_error_per_step"]) < 1e-4  # float32: the fast path is exact
+    assert result["paths"]["identical"]
+    assert last_json_line(capsys)["bench"] == "engine"
+
+
+def test_the_overhead_benchmark_runs_in_tiny_mode(capsys):
+    result = load("bench_overhead").main(["--tiny"])
+    calls = result["merged"]["calls"]
+    assert [c["call"] for c in calls] == ["sample", "finetune", "sample", "reset", "sample"]
+    assert all(c["overhead_s"] >= 0 for c in calls) and result["compilations_after_warm_up"] == 0
+    assert last_json_line(capsys)["bench"] == "overhead"
+
+
+def test_the_execution_benchmark_runs_in_tiny_mode(capsys):
+    result = load("bench_execution").main(["--tiny", "--sample-tok-s", "1000"])
+    assert [sum(r["results"].values()) for r in result["rounds"]] == [16, 16]
+    assert result["sampling_round_s"] == 16 * 400 / 1000
+    assert last_json_line(capsys)["bench"] == "execution"
+
+
+def test_the_rounds_benchmark_runs_in_tiny_mode(tmp_path, capsys):
+    result = load("bench_rounds").main(["--work-dir", str(tmp_path)])
+    assert [c["rounds"] for c in result["configs"]] == [1, 2]
+    assert [c["examples_trained"] for c in result["configs"]] == [2, 2]  # equal training across configurations
+    assert all(c["output_tokens"] == 12 * 8 for c in result["configs"])  # 12 predictions x 8 tokens each
+    assert last_json_line(capsys)["bench"] == "rounds"

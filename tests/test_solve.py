@@ -1,0 +1,282 @@
+"""`arcsl solve` with a scripted engine: outputs, resume, failures, task order, progress, and the deadline
+planner under a fake clock; one test per RunConfig setting."""
+
+import dataclasses
+import json
+import re
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import arcsl.loop
+import arcsl.solve
+from arcsl.cli import main
+from arcsl.config import DataConfig, LoopConfig, RunConfig, SandboxConfig, SolveConfig
+from arcsl.grids import load_tasks, select_tasks, task_to_json
+from arcsl.loop import PhaseEvent, RoundStats, search_and_learn
+from arcsl.selection import prediction_grids, select_attempts
+from arcsl.solve import DeadlinePlanner, progress_text, solve
+from arcsl.store import open_store
+from arcsl.submission import read_submission, submission_problems
+from fakes import CRASH, IDENTITY, NO_CODE, ROTATE_180, SCALE_2, FakeClock, ScriptedEngine
+
+TASK_IDS = ["c59eb873", "3c9b0459"]  # scale x2 (3 train pairs, 170 cells), rotate 180 (4 train pairs, 81 cells)
+SCRIPTS = {3: [SCALE_2, IDENTITY, CRASH, NO_CODE], 4: [ROTATE_180, IDENTITY, NO_CODE, CRASH]}
+
+
+@pytest.fixture(scope="module")
+def tasks():
+    return select_tasks(load_tasks("arc-agi-1/training").tasks, TASK_IDS)
+
+
+@pytest.fixture(scope="module")
+def dataset(tasks, tmp_path_factory) -> str:
+    """The two tasks as a directory of task files: loads in milliseconds, unlike the whole named dataset."""
+    path = tmp_path_factory.mktemp("tasks")
+    for t in tasks:
+        (path / f"{t.id}.json").write_text(json.dumps(task_to_json(t)))
+    return str(path)
+
+
+def config(tmp_path, dataset: str = "arc-agi-1/training", sort: str = "none", loop: dict | None = None,
+           **run) -> SolveConfig:
+    base = dict(initial_predictions=8, predictions_per_round=8, max_rounds=1, samples_per_view=4)
+    return SolveConfig(data=DataConfig(dataset=dataset, task_ids=None if sort != "none" else TASK_IDS, sort=sort),
+                       loop=LoopConfig(**(base | (loop or {}))),
+                       sandbox=SandboxConfig(num_workers=2, timeout_s=2.0),
+                       run=RunConfig(**(dict(output_dir=str(tmp_path / "run"), progress=False) | run)))
+
+
+def rounds_per_task(tmp_path) -> dict[str, int]:
+    with open_store(tmp_path / "run" / "results.sqlite", resume=True) as store:
+        timings = store.phase_timings()
+    return {task_id: 1 + max((t.round for t in timings if t.task_id == task_id), default=-1) for task_id in TASK_IDS}
+
+
+def submission(tmp_path, tasks) -> dict:
+    """The run's submission.json, checked to be valid for every task."""
+    data = json.loads((tmp_path / "run" / "submission.json").read_text())
+    assert submission_problems(data, tasks, "submission.json") == []
+    return data
+
+
+# --- outputs ------------------------------------------------------------------------------------
+
+def test_solve_writes_a_submission_that_scores_100_percent(tmp_path, capsys):
+    summary = solve(config(tmp_path), engine=ScriptedEngine(SCRIPTS))
+    out = tmp_path / "run"
+    for name in ("submission.json", "metrics.csv", "attempts.jsonl", "config.json", "report.html", "rounds.png",
+                 "results.sqlite"):
+        assert (out / name).exists(), name
+    assert summary.num_finished == 2 and summary.mean_scores["solved_at_2"] == 1.0
+    capsys.readouterr()
+    assert main(["score", str(out / "submission.json"), "--dataset", "arc-agi-1/training",
+                 "--task-ids", *TASK_IDS]) == 0
+    assert "score 100.00%" in capsys.readouterr().out
+    lines = (out / "metrics.csv").read_text().splitlines()
+    assert lines[-1].startswith("MEAN") and len(lines) == 4
+    # one distinct solution per task is not "two-solutions": both tasks run their learning round
+    assert sum(1 for _ in open(out / "attempts.jsonl")) == 2 * (8 + 8)
+    report = (out / "report.html").read_text()
+    assert all(task_id in report for task_id in TASK_IDS) and "np.rot90(input_grid, 2)" in report
+
+
+def test_config_is_saved_and_round_trips(tmp_path, dataset):
+    cfg = config(tmp_path, dataset)
+    solve(cfg, engine=ScriptedEngine(SCRIPTS))
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert saved["loop"]["initial_predictions"] == 8 and saved["data"]["task_ids"] == TASK_IDS
+    assert SolveConfig(**{name: type(getattr(cfg, name))(**value) for name, value in saved.items()}) == cfg
+
+
+# --- resume and failures ------------------------------------------------------------------------
+
+def test_resume_skips_finished_tasks(tmp_path, dataset):
+    solve(config(tmp_path, dataset), engine=ScriptedEngine(SCRIPTS))
+    engine = ScriptedEngine(SCRIPTS)
+    summary = solve(config(tmp_path, dataset, resume=True), engine=engine)
+    assert summary.num_skipped == 2 and summary.num_finished == 0 and engine.sampled == []
+
+
+def test_resume_starts_an_interrupted_task_over(tmp_path, dataset, tasks):
+    killed = ScriptedEngine(SCRIPTS, failures={("finetune", 1): KeyboardInterrupt()})  # in the second task's round 1
+    with pytest.raises(KeyboardInterrupt):
+        solve(config(tmp_path, dataset), engine=killed)
+    with open_store(tmp_path / "run" / "results.sqlite", resume=True) as store:
+        assert store.task_status("c59eb873") == "finished" and store.task_status("3c9b0459") == "running"
+    submission(tmp_path, tasks)  # the killed run left a valid submission
+    engine = ScriptedEngine(SCRIPTS)
+    summary = solve(config(tmp_path, dataset, resume=True), engine=engine)
+    assert summary.num_skipped == 1 and summary.num_finished == 1 and engine.num_resets == 1
+    with open_store(tmp_path / "run" / "results.sqlite", resume=True) as store:
+        assert len(store.attempts("3c9b0459")) == 8 + 8  # the interrupted run's 8 attempts are gone
+        assert store.finished_task_ids() == set(TASK_IDS)
+
+
+def test_existing_run_without_resume_is_refused(tmp_path, dataset):
+    solve(config(tmp_path, dataset), engine=ScriptedEngine(SCRIPTS))
+    with pytest.raises(ValueError, match="--resume"):
+        solve(config(tmp_path, dataset), engine=ScriptedEngine(SCRIPTS))
+
+
+def test_a_failed_task_keeps_the_answers_of_its_attempts_and_the_run_goes_on(tmp_path, dataset, tasks, capsys):
+    # c59eb873 fails at its first search (no attempt); 3c9b0459 fails at its fine-tuning, after a search that solved it
+    engine = ScriptedEngine(SCRIPTS, failures={("sample", 0): RuntimeError("GPU fell off"),
+                                               ("finetune", 0): RuntimeError("out of memory")})
+    summary = solve(config(tmp_path, dataset), engine=engine)
+    assert summary.num_finished == 0 and capsys.readouterr().err.count("failed: RuntimeError") == 2
+    with open_store(tmp_path / "run" / "results.sqlite", resume=True) as store:
+        assert store.task_status("c59eb873") == "running"  # nothing to answer with: --resume tries it again
+        assert store.task_status("3c9b0459") == "finished"
+    answers = read_submission(tmp_path / "run" / "submission.json")
+    assert np.array_equal(answers["3c9b0459"][0][0], tasks[1].test[0].output)
+    fallback = prediction_grids(select_attempts(tasks[0], []))
+    assert all(np.array_equal(a, b) for a, b in zip(answers["c59eb873"][0], fallback[0]))
+
+
+# --- task order and progress --------------------------------------------------------------------
+
+def test_sort_large_first_solves_the_largest_task_first(tmp_path, dataset):
+    engine = ScriptedEngine(SCRIPTS)  # the directory lists 3c9b0459 first; c59eb873 has more cells
+    solve(config(tmp_path, dataset, sort="large-first", loop=dict(max_rounds=0)), engine=engine)
+    shown = [p.messages[-1]["content"].count("\nExample ") for p in engine.prompts]
+    assert shown == [3, 3, 4, 4]  # c59eb873's views (3 train pairs), then 3c9b0459's (4)
+
+
+def test_progress_text_names_the_task_round_phase_and_best_score():
+    text = progress_text(PhaseEvent("c59eb873", 2, "finetuning", 0.875))
+    assert text == "c59eb873 round 2 finetuning best train 0.88"
+
+
+def test_progress_shows_a_bar_over_tasks_with_the_phase_or_nothing(tmp_path, dataset, capsys):
+    solve(config(tmp_path, dataset, progress=True), engine=ScriptedEngine(SCRIPTS))
+    shown = capsys.readouterr().err
+    assert "2/2" in shown and "3c9b0459 round 1 execution best train 1.00" in shown
+    solve(config(tmp_path / "quiet", dataset, loop=dict(max_rounds=0)), engine=ScriptedEngine(SCRIPTS))
+    assert "2/2" not in capsys.readouterr().err
+
+
+def test_wandb_logs_every_task_and_the_mean(tmp_path, dataset, monkeypatch):
+    logged, summary = [], {}
+    run = types.SimpleNamespace(log=logged.append, summary=summary, finish=lambda: logged.append("finished"))
+    monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=lambda **kwargs: run))
+    solve(config(tmp_path, dataset, wandb=True, loop=dict(max_rounds=0)), engine=ScriptedEngine(SCRIPTS))
+    assert [entry["task"] for entry in logged[:-1]] == [0, 1] and logged[-1] == "finished"
+    assert summary["mean/solved_at_2"] == 1.0
+    monkeypatch.setitem(sys.modules, "wandb", None)  # not installed
+    with pytest.raises(ValueError, match="pip install"):
+        solve(config(tmp_path / "again", dataset, wandb=True), engine=ScriptedEngine(SCRIPTS))
+
+
+# --- the deadline -------------------------------------------------------------------------------
+
+@pytest.fixture
+def clock(monkeypatch) -> FakeClock:
+    """The clock of the loop and of solve, made fake: time passes only while the scripted engine works."""
+    fake = FakeClock()
+    monkeypatch.setattr(arcsl.loop, "time", fake)
+    monkeypatch.setattr(arcsl.solve, "time", fake)
+    return fake
+
+
+def planner(deadline_s: float, searches: tuple[float, ...] = (), margin_s: float = 0.0) -> DeadlinePlanner:
+    p = DeadlinePlanner(deadline_s, margin_s)
+    for seconds in searches:
+        p.observe(RoundStats(0, 8, 0, 0, 0.0, {"sampling": seconds * 0.75, "execution": seconds * 0.25}))
+    return p
+
+
+def test_without_a_deadline_every_task_starts_and_learns(clock):
+    p = planner(-1, searches=(100.0,))
+    clock.advance(1e9)
+    assert p.may_start() and p.may_learn(1000) and p.task_deadline(1000) is None
+
+
+def test_deadline_margin_s_is_kept_free_before_the_deadline(clock):
+    assert planner(1000.0, margin_s=60.0).deadline == clock.now + 940.0
+
+
+def test_learning_is_allowed_while_the_time_left_covers_a_search_for_each_remaining_task(clock):
+    p = planner(1000.0, searches=(80.0, 120.0))
+    p.observe(RoundStats(1, 8, 5, 0, 0.0, {"finetuning": 500.0}))  # a learning round says nothing of a search
+    assert p.search_s == 100.0
+    assert p.may_learn(9)  # 1000 s left: its search and a learning round, then 8 more searches
+    assert not p.may_learn(10)
+    clock.advance(1.0)
+    assert not p.may_learn(9)
+
+
+def test_the_task_deadline_keeps_one_search_for_each_later_task(clock):
+    p = planner(1000.0, searches=(100.0,))
+    assert p.task_deadline(1) == p.deadline
+    assert p.task_deadline(4) == p.deadline - 300.0
+
+
+def test_before_any_search_is_seen_a_task_may_learn_until_its_own_search_shows_the_cost(clock):
+    p = planner(1000.0)
+    assert p.may_learn(100) and p.task_deadline(100) == p.deadline
+    p.observe(RoundStats(0, 8, 0, 0, 0.0, {"sampling": 100.0}))  # what solve does after the task's round 0
+    assert p.task_deadline(100) == p.deadline - 9900.0
+
+
+def test_no_task_starts_when_its_search_would_end_after_the_deadline(clock):
+    p = planner(1000.0, searches=(100.0,))
+    clock.advance(899.0)
+    assert p.may_start()
+    clock.advance(1.0)
+    assert not p.may_start()
+
+
+@pytest.mark.parametrize("deadline_s, rounds, max_rounds", [
+    (10_000.0, [4, 4], [3, 3]),  # time for everything
+    (450.0, [3, 1], [3, 0]),     # the first task stops before a round that would eat the second's search,
+                                 # which gets search only
+    (150.0, [1, 0], [3]),        # the first task searches once; the second is never started
+])
+def test_deadline_s_shares_the_run_time_and_the_submission_is_always_complete(
+        tmp_path, dataset, tasks, clock, monkeypatch, deadline_s, rounds, max_rounds):
+    given = []  # max_rounds each task was given
+
+    def spy(task, engine, pool, settings, **kwargs):
+        given.append(settings.loop.max_rounds)
+        return search_and_learn(task, engine, pool, settings, **kwargs)
+
+    monkeypatch.setattr(arcsl.solve, "search_and_learn", spy)
+    started = clock.now
+    engine = ScriptedEngine(SCRIPTS, clock=clock, sample_s=100.0)  # every search takes 100 s, nothing else takes time
+    summary = solve(config(tmp_path, dataset, loop=dict(max_rounds=3, stop="never"), deadline_s=deadline_s,
+                           deadline_margin_s=0.0), engine=engine)
+    assert list(rounds_per_task(tmp_path).values()) == rounds and given == max_rounds
+    assert clock.now - started <= deadline_s
+    assert summary.num_finished == sum(r > 0 for r in rounds)
+    answers = submission(tmp_path, tasks)
+    if rounds[1] == 0:  # never reached: the documented fallback
+        fallback = prediction_grids(select_attempts(tasks[1], []))
+        assert answers["3c9b0459"] == [{"attempt_1": fallback[0][0].tolist(), "attempt_2": fallback[0][1].tolist()}]
+
+
+def test_every_flag_the_readme_names_for_solve_exists(capsys):
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("## Search and learn: `arcsl solve`")[1].split("\n## ")[0]
+    with pytest.raises(SystemExit):
+        main(["solve", "--help"])
+    flag = r"(?<![\w-])--[a-z][a-z0-9-]*"
+    named, known = set(re.findall(flag, section)), set(re.findall(flag, capsys.readouterr().out))
+    assert named and named <= known, sorted(named - known)
+
+
+SETTING_TESTS = {  # RunConfig field -> the test that shows it does what its help says
+    "output_dir": test_solve_writes_a_submission_that_scores_100_percent,
+    "resume": test_resume_starts_an_interrupted_task_over,
+    "deadline_s": test_deadline_s_shares_the_run_time_and_the_submission_is_always_complete,
+    "deadline_margin_s": test_deadline_margin_s_is_kept_free_before_the_deadline,
+    "progress": test_progress_shows_a_bar_over_tasks_with_the_phase_or_nothing,
+    "wandb": test_wandb_logs_every_task_and_the_mean,
+}
+
+
+def test_every_run_setting_has_a_test():
+    assert set(SETTING_TESTS) == {f.name for f in dataclasses.fields(RunConfig)}
