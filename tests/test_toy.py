@@ -96,6 +96,22 @@ def test_canonical_order_keeps_overwrites_and_sorts_the_rest():
     assert canonical_order([over, under], 5, 5) == [over, under]  # the pixel is under the rect: keep it first
 
 
+def test_random_line_order_keeps_overwrites_and_varies_the_rest():
+    under, over, apart = Call("rect", (2, 2, 4, 4, 1)), Call("pixel", (3, 3, 2)), Call("pixel", (0, 0, 5))
+    orders = {tuple(canonical_order([under, over, apart], 5, 5, np.random.default_rng(s))) for s in range(20)}
+    assert orders == {(apart, under, over), (under, apart, over), (under, over, apart)}  # `over` always after `under`
+
+
+def test_random_line_order_tasks_are_reproducible_and_their_programs_make_the_outputs():
+    cfg = TaskConfig(line_order="random")
+    tasks = generate_tasks(3, 10, 5, cfg)
+    assert [t.program for t in tasks] == [t.program for t in generate_tasks(3, 10, 5, cfg)]
+    assert [t.program for t in tasks] != [t.program for t in generate_tasks(3, 10, 5, TaskConfig())]
+    for toy in tasks:
+        for pair in toy.task.train + toy.task.test:
+            assert np.array_equal(apply_calls(pair.input, parse_program(toy.program)), pair.output)
+
+
 def test_program_text_parses_back_to_its_calls():
     calls = [Call("line", (0, 9, 9, 0, 3)), Call("border", (1, 1, 8, 8, 0)), Call("pixel", (4, 4, 7))]
     assert parse_program(program_text(calls)) == calls

@@ -26,6 +26,9 @@ class TaskConfig:
         "help": "relative frequency of pixel, line, rect, border calls"})
     max_shape_side: int = field(default=-1, metadata={
         "help": "longest line / rectangle side in cells; -1 = the grid's side (smaller shapes let many calls fit)"})
+    line_order: str = field(default="canonical", metadata={
+        "help": "order of a program's lines: canonical (reading order of first points) or random (any order that "
+                "keeps the outputs); with random, samples of one task draw different subsets of its shapes"})
 
     def __post_init__(self):
         if not 3 <= self.min_side <= self.max_side <= 30:
@@ -35,6 +38,8 @@ class TaskConfig:
         if len(self.call_weights) != len(CALL_NAMES) or min(self.call_weights) < 0 or sum(self.call_weights) <= 0:
             raise ValueError(f"call_weights must be {len(CALL_NAMES)} non-negative numbers ({', '.join(CALL_NAMES)}), "
                              f"got {self.call_weights}")
+        if self.line_order not in ("canonical", "random"):
+            raise ValueError(f"line_order must be canonical or random, got {self.line_order!r}")
         if self.max_shape_side != -1 and self.max_shape_side < 3:
             raise ValueError(f"max_shape_side must be >= 3 or -1 (grid side), got {self.max_shape_side}")
 

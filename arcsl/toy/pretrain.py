@@ -272,6 +272,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m arcsl.toy.pretrain", description=__doc__.split("\n")[0])
     add_config_args(parser, PretrainConfig)
     add_config_args(parser, ModelConfig)
+    add_config_args(parser, TaskConfig, skip=("call_weights",))
     return parser
 
 
@@ -280,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = make_parser().parse_args(argv)
     cfg = config_from_args(PretrainConfig, args)
-    model_cfg, task_cfg = config_from_args(ModelConfig, args), TaskConfig()
+    model_cfg, task_cfg = config_from_args(ModelConfig, args), config_from_args(TaskConfig, args)
     if cfg.tiny:
         model_cfg, task_cfg = TINY, TINY_TASKS
         cfg = replace(cfg, batch_size=min(cfg.batch_size, 4), num_workers=0, log_every=min(cfg.log_every, 1))

@@ -165,8 +165,10 @@ def call_cells(call: Call, height: int, width: int) -> np.ndarray:
     return getattr(draw, call.name)(draw.blank(height, width, 0), *call.args[:-1], 1).astype(bool)
 
 
-def canonical_order(calls: list[Call], height: int, width: int) -> list[Call]:
+def canonical_order(calls: list[Call], height: int, width: int, rng: np.random.Generator | None = None) -> list[Call]:
     """Sort calls by first point, keeping every overlapping pair of different colours in its order.
+
+    With `rng`, any order that keeps those pairs instead (a random topological order), drawn from `rng`.
 
     Each cell ends with the colour of the last call covering it; those pairs are the only ones
     whose order can change a cell, so the outputs are the same on every input.
@@ -178,7 +180,8 @@ def canonical_order(calls: list[Call], height: int, width: int) -> list[Call]:
     remaining = set(range(len(calls)))
     while remaining:
         ready = [j for j in remaining if must_follow[j] <= set(placed)]
-        j = min(ready, key=lambda k: (calls[k].first_point, calls[k].name, calls[k].args))
+        j = (min(ready, key=lambda k: (calls[k].first_point, calls[k].name, calls[k].args)) if rng is None
+             else sorted(ready)[int(rng.integers(len(ready)))])
         placed.append(j)
         remaining.remove(j)
     return [calls[j] for j in placed]
@@ -215,7 +218,8 @@ def generate_task(task_id: str, num_calls: int, rng: np.random.Generator, cfg: T
                 break
             calls = prune_calls(calls + [random_call(height, width, rng, cfg)], train_inputs)
         if len(calls) == num_calls:
-            return make_task(task_id, inputs, canonical_order(calls, height, width), cfg.num_train)
+            order_rng = rng if cfg.line_order == "random" else None
+            return make_task(task_id, inputs, canonical_order(calls, height, width, order_rng), cfg.num_train)
     raise ValueError(f"could not fit {num_calls} visible calls on {cfg.min_side}..{cfg.max_side} grids "
                      f"in {max_attempts} canvases; allow larger grids or smaller shapes (max_shape_side)")
 
