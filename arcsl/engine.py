@@ -13,11 +13,7 @@ What is covered:
   assistant turn is prefilled); training examples are rendered the same way, so train and sample
   texts match token for token;
 - sampling (`arcsl.sampler`) in batches sized to GPU memory, halved on out-of-memory and retried;
-- `DecodeWeights`, the fast sampler's view of a Llama-layout model: q/k/v and gate/up weights stored fused
-  (the model's own layers become views of them, so this costs no memory), the LoRA either as stacked
-  factors refreshed in place before sampling, or merged into the base weights while sampling and then
-  restored exactly from a copy made once (pinned host memory on a GPU; the copy back runs asynchronously,
-  overlapped with whatever the caller does next, e.g. program execution);
+- the fast sampler's weights (`arcsl.decode_weights`): fused, with the LoRA stacked or merged in place;
 - sampling decoders kept across calls (their caches and CUDA graphs are reused round after round);
 - fine-tuning (`arcsl.finetune`), reset, and adapters saved/loaded as peft safetensors.
 
@@ -30,16 +26,16 @@ import time
 import warnings
 from collections import OrderedDict, deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 import torch
-import torch.nn.functional as F
 
 from arcsl.config import FinetuneConfig, ModelConfig, SamplingConfig
+from arcsl.decode_weights import DecodeWeights
 from arcsl.finetune import Finetuner, FinetuneStats, Tokenized
-from arcsl.sampler import (ALIGN, EAGER_OPS, FAST_MODEL_TYPES, PREFILL_TOKENS, PROMPT_ALIGN, CacheDecoder, DecodeOps,
+from arcsl.sampler import (ALIGN, EAGER_OPS, PREFILL_TOKENS, PROMPT_ALIGN, CacheDecoder, DecodeOps,
                            RowState, SharedPrefixDecoder, check_compiler, compiled_ops, generate, round_up)
 
 CPU_BATCH_SIZE = 64  # sequences decoded together on CPU when max_batch_size is 0
@@ -145,177 +141,6 @@ def pick_pad_id(tokenizer, vocab_size: int, end_ids: set[int]) -> int:
                 return candidate
     # a pad is never attended (right padding, causal mask) nor a target, so any other id is as good
     return next(i for i in range(vocab_size) if i not in end_ids)
-
-
-# --- the fast sampler's weights ------------------------------------------------------------------------
-
-
-@dataclass(slots=True)
-class Projection:
-    """One or several linear layers that read the same input, as one weight (out, in).
-
-    `members` are the layers with a LoRA: (peft LoRA layer, its first output row, its number of rows).
-    `lora_a` (sum of ranks, in) stacks their A factors, `lora_b` (out, sum of ranks) holds scaling * B of
-    each in its own block (zeros elsewhere), so the LoRA of the whole group is two matrix products.
-    """
-    weight: torch.Tensor
-    members: list[tuple[object, int, int]] = field(default_factory=list)
-    lora_a: torch.Tensor | None = None
-    lora_b: torch.Tensor | None = None
-
-
-@dataclass(slots=True)
-class LayerWeights:
-    input_norm: torch.Tensor
-    post_norm: torch.Tensor
-    qkv: Projection
-    o: Projection
-    gate_up: Projection
-    down: Projection
-
-
-def _lora_factors(module) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """(A, B, scaling) of a plain peft LoRA layer with one active adapter."""
-    name = module.active_adapters[0]
-    return module.lora_A[name].weight.detach(), module.lora_B[name].weight.detach(), module.scaling[name]
-
-
-def _is_plain_lora(module) -> bool:
-    from peft.tuners.lora import Linear as LoraLinear
-
-    if type(module) is not LoraLinear or module.merged or module.disable_adapters or len(module.active_adapters) != 1:
-        return False
-    name = module.active_adapters[0]
-    return name not in module.lora_variant and not module.lora_bias.get(name) and _is_plain_linear(module.base_layer)
-
-
-def _is_plain_linear(module) -> bool:
-    return type(module) is torch.nn.Linear and module.bias is None
-
-
-def _fuse(modules: list) -> Projection:
-    """The base weights of `modules` as one tensor; each base layer's weight becomes a view of it (no copy
-    is kept, and training, which runs the model's own layers, sees the same values)."""
-    linears = [m if _is_plain_linear(m) else m.base_layer for m in modules]
-    if len(linears) == 1:
-        weight = linears[0].weight.data
-    else:
-        weight = torch.cat([linear.weight.data for linear in linears])
-        row = 0
-        for linear in linears:
-            linear.weight.data = weight[row:row + linear.out_features]
-            row += linear.out_features
-    proj, row = Projection(weight), 0
-    for module, linear in zip(modules, linears):
-        if module is not linear:
-            proj.members.append((module, row, linear.out_features))
-        row += linear.out_features
-    if proj.members:
-        rank = sum(_lora_factors(m)[0].shape[0] for m, _, _ in proj.members)
-        proj.lora_a = weight.new_zeros(rank, weight.shape[1])
-        proj.lora_b = weight.new_zeros(weight.shape[0], rank)
-    return proj
-
-
-class DecodeWeights:
-    """The weights of a Llama-layout model with a peft LoRA, as `SharedPrefixDecoder` reads them.
-
-    Tensors keep their addresses for the engine's life (CUDA graphs read them there); only their values
-    change: `prepare` before sampling (LoRA factors refreshed, or the LoRA merged into the weights),
-    `restore` after it (the base weights copied back from a copy made at the first merge: exact).
-    """
-
-    def __init__(self, lm):
-        decoder, config = lm.get_decoder(), lm.config
-        self.embed, self.rotary, self.head = decoder.embed_tokens, decoder.rotary_emb, lm.get_output_embeddings()
-        self.final_norm, self.eps = decoder.norm.weight, decoder.norm.variance_epsilon
-        attn = decoder.layers[0].self_attn
-        self.num_heads, self.num_kv_heads = config.num_attention_heads, config.num_key_value_heads
-        self.head_dim, self.scale = attn.head_dim, attn.scaling
-        self.layers = [LayerWeights(layer.input_layernorm.weight, layer.post_attention_layernorm.weight,
-                                    _fuse([layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj]),
-                                    _fuse([layer.self_attn.o_proj]),
-                                    _fuse([layer.mlp.gate_proj, layer.mlp.up_proj]), _fuse([layer.mlp.down_proj]))
-                       for layer in decoder.layers]
-        self.projections = [p for layer in self.layers for p in (layer.qkv, layer.o, layer.gate_up, layer.down)
-                            if p.members]
-        self.apply_lora = True  # decode computes the LoRA products (False: merged, or the LoRA adds nothing)
-        self.is_merged = False
-        self.lora_version: int | None = None  # the version `lora_a` / `lora_b` hold
-        self.saved: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # pristine base weights
-
-    @staticmethod
-    def supports(lm) -> bool:
-        """Whether the fast path computes exactly this model: Llama layout, SiLU MLP, no biases, and on
-        every linear layer either no LoRA or one plain LoRA (no DoRA, LoRA bias or quantised base)."""
-        config = lm.config
-        if config.model_type not in FAST_MODEL_TYPES or config.hidden_act != "silu":
-            return False
-        layers = lm.get_decoder().layers
-        linears = [m for layer in layers for m in (layer.self_attn.q_proj, layer.self_attn.k_proj,
-                                                    layer.self_attn.v_proj, layer.self_attn.o_proj,
-                                                    layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj)]
-        return all(_is_plain_linear(m) or _is_plain_lora(m) for m in linears)
-
-    @property
-    def lora_is_zero(self) -> bool:
-        """Every B factor is zero (a fresh peft LoRA): the adapter adds nothing."""
-        return all(not _lora_factors(m)[1].any() for p in self.projections for m, _, _ in p.members)
-
-    def next_norm(self, i: int) -> torch.Tensor:
-        """The norm weight applied after layer i: the next layer's input norm, or the final norm."""
-        return self.layers[i + 1].input_norm if i + 1 < len(self.layers) else self.final_norm
-
-    def project(self, proj: Projection, x: torch.Tensor) -> torch.Tensor:
-        """x @ W^T, plus the LoRA of the group unless it is in the weights. Shape: (..., in) -> (..., out)."""
-        y = F.linear(x, proj.weight)
-        if proj.lora_a is not None and self.apply_lora:
-            flat = x.reshape(-1, x.shape[-1])
-            y.view(-1, y.shape[-1]).addmm_(flat @ proj.lora_a.t(), proj.lora_b.t())
-        return y
-
-    @torch.no_grad()
-    def prepare(self, merge: bool, lora_version: int, lora_is_zero: bool) -> None:
-        """Puts the LoRA where decode reads it: into the weights (`merge`), or into the stacked factors."""
-        assert not self.is_merged, "prepare() again before restore()"
-        self.apply_lora = not (merge or lora_is_zero)
-        if merge and not lora_is_zero:
-            self._merge()
-        elif self.apply_lora and self.lora_version != lora_version:
-            for proj in self.projections:
-                column = 0
-                for module, row, rows in proj.members:
-                    a, b, scaling = _lora_factors(module)
-                    proj.lora_a[column:column + a.shape[0]].copy_(a)
-                    proj.lora_b[row:row + rows, column:column + a.shape[0]].copy_(b * scaling)
-                    column += a.shape[0]
-            self.lora_version = lora_version
-
-    def _merge(self) -> None:
-        if self.saved is None:  # once per engine: the base weights never change otherwise
-            self.saved = [(p.weight, _saved_copy(p.weight)) for p in self.projections]
-        self.is_merged = True  # from the first change on: restore() puts back whatever a failure left
-        for proj in self.projections:
-            for module, row, rows in proj.members:
-                a, b, scaling = _lora_factors(module)
-                weight = proj.weight[row:row + rows]
-                # W + scaling * B @ A in float32, rounded once to the weights' dtype
-                weight.copy_(torch.addmm(weight.float(), b.float(), a.float(), alpha=scaling))
-
-    @torch.no_grad()
-    def restore(self) -> None:
-        """The exact base weights back after a merge. On a GPU the copy is queued on the current stream and
-        the call returns at once: later GPU work (training) waits for it, the CPU does not."""
-        for weight, saved in self.saved or []:
-            weight.copy_(saved, non_blocking=True)
-        self.is_merged = False
-
-
-def _saved_copy(weight: torch.Tensor) -> torch.Tensor:
-    """A copy of a GPU tensor in pinned host memory (fast to copy back, asynchronously); a clone on CPU."""
-    if weight.device.type != "cuda":
-        return weight.clone()
-    return torch.empty(weight.shape, dtype=weight.dtype, pin_memory=True).copy_(weight)
 
 
 class HFEngine:

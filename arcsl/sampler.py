@@ -1,7 +1,7 @@
 """Batched sampling from a causal LM: every prompt is prefilled once and its samples decoded together.
 
 What is covered:
-- `SharedPrefixDecoder` (Llama-layout models, weights from `engine.DecodeWeights`): the prompt's KV cache is
+- `SharedPrefixDecoder` (Llama-layout models, weights from `decode_weights.DecodeWeights`): the prompt's KV cache is
   stored once and attended by all of its samples (never copied per sample); each sample's own tokens go to
   a static cache. Attention runs in two parts, prompt and own tokens, merged by their log-sum-exp, with the
   KV heads never expanded (native GQA). A decoder lives as long as the engine: its caches are reused by
@@ -193,7 +193,7 @@ class SharedPrefixDecoder:
     next batch of the same shape (the caches and captured graphs are kept).
 
     Args:
-        weights: the model's weights as the fast path reads them (`engine.DecodeWeights`).
+        weights: the model's weights as the fast path reads them (`decode_weights.DecodeWeights`).
         max_steps: most decode steps of a batch (max_new_tokens - 1).
         use_graphs: capture each step shape once as a CUDA graph and replay it (GPU only).
         ops: the decode pieces, eager (`EAGER_OPS`) or compiled (`compiled_ops()`).
