@@ -21,6 +21,10 @@ What is not covered:
 - choosing between several python blocks: the first non-blank one wins.
 
 A completion without a program gives None, and the sandbox reports that as ErrorKind.NO_CODE.
+
+`PROMPT_FORMATS` names each model family's format: how a view becomes a prompt, how the program is
+read from a completion, and which DSL file its programs import (`barc`: chat prompt, fenced code,
+`common`; `toy`: plain-text grids, the completion is the program, `draw`).
 """
 
 import re
@@ -29,9 +33,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from arcsl.engine import ChatPrompt
-from arcsl.sandbox import DSL_PATH
 from arcsl.grids import Grid, Task
 from arcsl.gridtext import grid_to_barc
+from arcsl.sandbox import DSL_PATH
 
 PYTHON_INFO_STRINGS = frozenset({"python", "py", "python3"})
 
