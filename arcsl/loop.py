@@ -181,6 +181,12 @@ def stop_reason(attempts: list[Attempt], cfg: LoopConfig, round_: int, started: 
     return None
 
 
+def conclude(task: Task, attempts: list[Attempt]) -> tuple[list[list[Grid]], TaskScores]:
+    """A task's answers (two grids per test input, chosen from `attempts`) and its scores."""
+    predictions = prediction_grids(select_attempts(task, attempts))
+    return predictions, score_task(task, attempts, predictions)
+
+
 # --- the algorithm ------------------------------------------------------------------------------
 
 def search_and_learn(task: Task, engine: Engine, pool: SandboxPool, settings: LoopSettings,
@@ -233,6 +239,6 @@ def search_and_learn(task: Task, engine: Engine, pool: SandboxPool, settings: Lo
                              sum(stats.seconds.values()))
         if reason:
             break
-    predictions = prediction_grids(select_attempts(task, attempts))
-    return TaskResult(task.id, attempts, predictions, score_task(task, attempts, predictions), rounds, reason,
+    predictions, scores = conclude(task, attempts)
+    return TaskResult(task.id, attempts, predictions, scores, rounds, reason,
                       time.monotonic() - started)

@@ -36,6 +36,7 @@ from arcsl.engine import ChatPrompt
 from arcsl.grids import Grid, Task
 from arcsl.gridtext import grid_to_barc
 from arcsl.sandbox import DSL_PATH
+from arcsl.toy.prompt import task_prompt
 
 PYTHON_INFO_STRINGS = frozenset({"python", "py", "python3"})
 
@@ -132,13 +133,7 @@ class PromptFormat:
     dsl_path: Path  # importable in the sandbox by its file stem (`common`, `draw`)
 
 
-def _toy_prompt(view: Task) -> str:
-    from arcsl.toy.prompt import task_prompt  # the toy package stays optional for BARC runs
-
-    return task_prompt(view)
-
-
 PROMPT_FORMATS: dict[str, PromptFormat] = {
     "barc": PromptFormat(barc_prompt, extract_program, DSL_PATH),
-    "toy": PromptFormat(_toy_prompt, bare_program, Path(__file__).parent / "toy" / "draw.py"),
+    "toy": PromptFormat(task_prompt, bare_program, Path(__file__).parent / "toy" / "draw.py"),
 }

@@ -31,10 +31,9 @@ from pathlib import Path
 
 from arcsl.config import DataConfig, SolveConfig
 from arcsl.grids import Task, load_dataset
-from arcsl.loop import LoopSettings, PhaseEvent, RoundStats, TaskResult, search_and_learn
+from arcsl.loop import LoopSettings, PhaseEvent, RoundStats, TaskResult, conclude, search_and_learn
 from arcsl.prompting import PROMPT_FORMATS
-from arcsl.scoring import Attempt, metrics_rows, score_task
-from arcsl.selection import prediction_grids, select_attempts
+from arcsl.scoring import Attempt, metrics_rows
 from arcsl.store import Store, export_attempts_jsonl, export_metrics_csv, open_store
 from arcsl.submission import build_submission, write_submission
 
@@ -198,8 +197,8 @@ def _finish_from_store(task: Task, store: Store) -> None:
     attempts = store.attempts(task.id)
     if not attempts or store.task_status(task.id) != "running":
         return
-    predictions = prediction_grids(select_attempts(task, attempts))
-    store.finish_task(task.id, score_task(task, attempts, predictions), predictions)
+    predictions, scores = conclude(task, attempts)
+    store.finish_task(task.id, scores, predictions)
 
 
 def _progress(total: int, enabled: bool):

@@ -138,14 +138,14 @@ def compare(cfg: SolveConfig, engine=None) -> list[tuple[ArmResult, ArmResult]]:
 
 
 def _arm_results(run_dir: Path) -> dict[str, ArmResult]:
+    from arcsl.report import best_score_by_round
     from arcsl.store import open_store
 
     with open_store(run_dir / "results.sqlite", resume=True) as store:
-        best = {}
-        for a in store.iter_attempts():
-            best[a.task_id] = max(best.get(a.task_id, 0.0), a.scores.train.pixel_score)
-        return {s.task_id: ArmResult(s.task_id, bool(s.oracle_pass_at_n), best.get(s.task_id, 0.0), s.n_preds)
-                for s in store.task_scores()}
+        scores = store.task_scores()
+        curves = best_score_by_round(store, [s.task_id for s in scores])
+        return {s.task_id: ArmResult(s.task_id, bool(s.oracle_pass_at_n), max(curves[s.task_id], default=0.0),
+                                     s.n_preds) for s in scores}
 
 
 def comparison_table(rows: list[tuple[ArmResult, ArmResult]]) -> str:

@@ -11,12 +11,11 @@ Rows of the table:
 - larger grids: 1-5 calls on square grids of 12 or 15 cells a side (coordinates >= 10 never seen).
 
 A task is solved when one of the k sampled programs reproduces every train and test output.
-Programs run in-process (`execute_program`): they are this model's own straight-line drawing
-programs and only those in the generator's exact format are run at all, so nothing untrusted runs here.
+Programs are not executed as Python: `execute_program` parses the generator's exact straight-line
+format and applies the calls with `tasks.apply_calls`, so nothing untrusted runs here.
 """
 
 import argparse
-import importlib.util
 import json
 import sys
 import time
@@ -29,10 +28,9 @@ import torch
 from arcsl.grids import Grid
 from arcsl.toy.config import EvalConfig, TaskConfig
 from arcsl.toy.prompt import task_prompt
-from arcsl.toy.tasks import ToyTask, generate_task, parse_program
+from arcsl.toy.tasks import ToyTask, apply_calls, generate_task, parse_program
 
 OOD_CALLS_TASKS = TaskConfig(min_side=10, max_side=10, max_shape_side=5)
-DRAW_PATH = Path(__file__).with_name("draw.py")
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,31 +51,12 @@ class TaskOutcome:
 
 # --- running programs ---------------------------------------------------------------------------
 
-def _draw_module():
-    """`draw.py` loaded standalone under the name `draw`, as the sandbox loads a DSL."""
-    if "draw" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("draw", DRAW_PATH)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        sys.modules["draw"] = module
-    return sys.modules["draw"]
-
-
 def execute_program(program: str, inputs: list[Grid]) -> list[np.ndarray] | None:
-    """The program's outputs on `inputs`, or None if it is not a toy program or fails on any input.
-
-    The one place where evaluation runs programs: swap in the sandbox pool here.
-    """
+    """The program's outputs on `inputs`, or None if it is not a toy program or fails on any input."""
     try:
-        parse_program(program)  # the exact straight-line format, or nothing runs
-    except ValueError:
-        return None
-    _draw_module()
-    namespace: dict = {"__name__": "toy_program"}
-    try:
-        exec(compile(program, "<program>", "exec"), namespace)
-        return [np.asarray(namespace["transform"](np.array(x)), dtype=np.uint8) for x in inputs]
-    except (ValueError, IndexError, TypeError, KeyError):
+        calls = parse_program(program)  # the exact straight-line format, or nothing runs
+        return [apply_calls(x, calls) for x in inputs]
+    except ValueError:  # not the format, or a call the DSL refuses (point outside, bad colour, bent line)
         return None
 
 

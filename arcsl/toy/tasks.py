@@ -19,8 +19,8 @@ What is covered:
   outputs do not change. A program written in reading order is easier to continue and to cut;
 - reproducibility: the same seed gives the same tasks.
 
-What is not covered: executing model-written programs (that is the sandbox's job, see
-`evaluate.execute_program`); the generator calls the primitives directly.
+What is not covered: executing model-written programs as Python (the sandbox's job); programs in
+the exact format can be applied without exec: `apply_calls(grid, parse_program(text))`.
 """
 
 import re
