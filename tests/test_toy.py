@@ -157,6 +157,44 @@ def test_pad_bos_and_eos_are_distinct():
     assert len({t.pad_token_id, t.bos_token_id, t.eos_token_id, t.unk_token_id}) == 4
 
 
+def test_line_gaps_move_only_line_starts_and_keep_order():
+    from arcsl.toy.pretrain import completion_positions, line_starts
+    from arcsl.toy.tokenizer import build_tokenizer
+
+    t = build_tokenizer()
+    program = program_text([Call("pixel", (0, 1, 2)), Call("rect", (1, 1, 2, 2, 3)), Call("pixel", (3, 3, 4))])
+    ids = t(program, add_special_tokens=False).input_ids
+    starts = line_starts(t)
+    assert sum(i in starts for i in ids) == 4  # three calls and the return line
+    assert completion_positions(ids, 7, starts, 0, np.random.default_rng(0)) == list(range(7, 7 + len(ids)))
+    positions = completion_positions(ids, 7, starts, 50, np.random.default_rng(0))
+    steps = np.diff(positions)
+    assert (steps >= 1).all() and steps.max() > 1
+    assert all(i in starts for i, step in zip(ids[1:], steps) if step > 1)  # gaps only open a line
+
+
+def test_code_prior_examples_are_programs_without_a_prompt():
+    from arcsl.toy.config import PretrainConfig
+    from arcsl.toy.pretrain import draw_example
+
+    rng = np.random.default_rng(0)
+    prior = [draw_example(PretrainConfig(prior_fraction=0.999, prior_max_calls=30), TaskConfig(), rng)
+             for _ in range(20)]
+    assert all(prompt == "" for prompt, _ in prior)
+    lengths = [len(parse_program(program)) for _, program in prior]
+    assert max(lengths) > 5 and all(1 <= n <= 30 for n in lengths)
+    tasks = [draw_example(PretrainConfig(), TaskConfig(), rng) for _ in range(20)]
+    assert all(prompt and 1 <= len(parse_program(program)) <= 5 for prompt, program in tasks)
+
+
+def test_tiny_pretraining_with_line_gaps_and_code_prior_runs(tmp_path):
+    from arcsl.toy.pretrain import main
+
+    assert main(["--tiny", "--max-steps", "2", "--output-dir", str(tmp_path), "--max-line-gap", "16",
+                 "--prior-fraction", "0.5", "--prior-max-calls", "8"]) == 0
+    assert (tmp_path / "model" / "model.safetensors").exists()
+
+
 def test_tiny_pretraining_runs_a_step_and_resumes_from_its_checkpoint(tmp_path):
     from arcsl.toy.pretrain import main
 

@@ -76,6 +76,13 @@ class PretrainConfig:
     max_position_gap: int = field(default=384, metadata={
         "help": "completions of half the samples start up to this many positions after their prompt, so the "
                 "model meets prompt-to-program distances that longer programs need; 0 = off"})
+    max_line_gap: int = field(default=0, metadata={
+        "help": "in half the completions, each program line starts up to this many positions after the previous "
+                "one, so that a line's distance from the program's start does not tell its index; 0 = off"})
+    prior_fraction: float = field(default=0.0, metadata={
+        "help": "fraction of sequences that are a random program alone, with no task (a code prior: programs of "
+                "1..prior_max_calls lines, never a task with more than max_calls)"})
+    prior_max_calls: int = field(default=30, metadata={"help": "longest program of the code prior, in calls"})
     num_workers: int = field(default=-1, metadata={
         "help": "data-loader processes per GPU; -1 = cores / GPUs - 1, 0 = inline"})
     seed: int = field(default=0, metadata={"help": "seed of the model init and the task stream"})
@@ -95,6 +102,11 @@ class PretrainConfig:
             raise ValueError(f"max_steps must be positive or -1 (fit --max-minutes), got {self.max_steps}")
         if self.max_minutes <= 0:
             raise ValueError(f"max_minutes must be > 0, got {self.max_minutes}")
+        if not 0 <= self.prior_fraction < 1:
+            raise ValueError(f"prior_fraction must be in [0, 1), got {self.prior_fraction}")
+        if self.prior_max_calls < 1 or self.max_line_gap < 0:
+            raise ValueError(f"need prior_max_calls >= 1 and max_line_gap >= 0, got {self.prior_max_calls}, "
+                             f"{self.max_line_gap}")
 
 
 @dataclass(slots=True)

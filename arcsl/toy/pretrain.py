@@ -42,7 +42,7 @@ from transformers import LlamaForCausalLM
 from arcsl.toy.config import ModelConfig, PretrainConfig, TaskConfig
 from arcsl.toy.model import TINY, build_model, num_parameters
 from arcsl.toy.prompt import training_example
-from arcsl.toy.tasks import generate_task
+from arcsl.toy.tasks import FOOTER, LINE_PREFIXES, generate_task, random_program
 from arcsl.toy.tokenizer import build_tokenizer
 
 IGNORE = -100  # label of prompt and padding tokens: no loss there
@@ -54,20 +54,40 @@ POOL_BATCHES = 8  # batches drawn together and grouped by length
 
 # --- data ---------------------------------------------------------------------------------------
 
-def encode_batch(examples: list[tuple[str, str]], tokenizer, max_gap: int, rng: np.random.Generator) -> dict:
+def line_starts(tokenizer) -> set[int]:
+    """Ids of the tokens that open a program line (each call's `    g = name(g, ` and the closing `    return g`)."""
+    return set(tokenizer.convert_tokens_to_ids([*LINE_PREFIXES, FOOTER]))
+
+
+def completion_positions(completion: list[int], start: int, starts: set[int], max_line_gap: int,
+                         rng: np.random.Generator) -> list[int]:
+    """Positions of a completion's tokens from `start`, with a random gap (0..max_line_gap) before each line."""
+    positions, pos = [], start
+    for token in completion:
+        if max_line_gap and token in starts:
+            pos += int(rng.integers(0, max_line_gap + 1))
+        positions.append(pos)
+        pos += 1
+    return positions
+
+
+def encode_batch(examples: list[tuple[str, str]], tokenizer, cfg: PretrainConfig, rng: np.random.Generator) -> dict:
     """Tokenize (prompt, completion) pairs into a right-padded batch.
 
     Returns tensors of shape (batch, length): input_ids, labels (IGNORE on prompt and padding) and
     position_ids. Half the completions start `gap` positions after their prompt (1 <= gap <=
-    max_gap): the model then sees the long prompt-to-program distances of long programs.
+    cfg.max_position_gap): the model then sees the long prompt-to-program distances of long programs.
+    Independently, half have gaps between their lines (`cfg.max_line_gap`), so position does not count lines.
     """
     prompts = tokenizer([p for p, _ in examples]).input_ids
     completions = tokenizer([c for _, c in examples], add_special_tokens=False).input_ids
+    starts = line_starts(tokenizer)
     rows = []
     for p, c in zip(prompts, completions):
         c = c + [tokenizer.eos_token_id]
-        gap = int(rng.integers(1, max_gap + 1)) if max_gap > 0 and rng.random() < 0.5 else 0
-        positions = list(range(len(p))) + list(range(len(p) + gap, len(p) + gap + len(c)))
+        gap = int(rng.integers(1, cfg.max_position_gap + 1)) if cfg.max_position_gap > 0 and rng.random() < 0.5 else 0
+        line_gap = cfg.max_line_gap if rng.random() < 0.5 else 0
+        positions = list(range(len(p))) + completion_positions(c, len(p) + gap, starts, line_gap, rng)
         rows.append((p + c, [IGNORE] * len(p) + c, positions))
     length = -(-max(len(ids) for ids, _, _ in rows) // 16) * 16  # multiple of 16: friendlier kernels
     input_ids = np.full((len(rows), length), tokenizer.pad_token_id, dtype=np.int64)
@@ -79,6 +99,14 @@ def encode_batch(examples: list[tuple[str, str]], tokenizer, max_gap: int, rng: 
         position_ids[i, n:] = np.arange(positions[-1] + 1, positions[-1] + 1 + length - n)
     batch = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
     return {k: torch.from_numpy(v) for k, v in batch.items()}
+
+
+def draw_example(cfg: PretrainConfig, task_cfg: TaskConfig, rng: np.random.Generator) -> tuple[str, str]:
+    """One (prompt, completion) pair: a task with min..max_calls calls, or (prior_fraction) a program alone."""
+    if rng.random() < cfg.prior_fraction:
+        return "", random_program(int(rng.integers(1, cfg.prior_max_calls + 1)), rng, task_cfg)
+    toy = generate_task("pretrain", int(rng.integers(cfg.min_calls, cfg.max_calls + 1)), rng, task_cfg)
+    return training_example(toy.task, toy.program)
 
 
 class TaskStream(IterableDataset):
@@ -93,15 +121,11 @@ class TaskStream(IterableDataset):
         tokenizer = build_tokenizer()
         while True:
             # draw several batches at once and group similar lengths: far less padding than random batches
-            pool = []
-            for _ in range(self.cfg.batch_size * POOL_BATCHES):
-                num_calls = int(rng.integers(self.cfg.min_calls, self.cfg.max_calls + 1))
-                toy = generate_task("pretrain", num_calls, rng, self.task_cfg)
-                pool.append(training_example(toy.task, toy.program))
+            pool = [draw_example(self.cfg, self.task_cfg, rng) for _ in range(self.cfg.batch_size * POOL_BATCHES)]
             pool.sort(key=lambda e: len(e[0]) + len(e[1]))
             chunks = [pool[i:i + self.cfg.batch_size] for i in range(0, len(pool), self.cfg.batch_size)]
             for i in rng.permutation(len(chunks)):
-                yield encode_batch(chunks[i], tokenizer, self.cfg.max_position_gap, rng)
+                yield encode_batch(chunks[i], tokenizer, self.cfg, rng)
 
 
 # --- schedule and checkpoints -------------------------------------------------------------------

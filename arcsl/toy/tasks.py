@@ -224,6 +224,17 @@ def generate_task(task_id: str, num_calls: int, rng: np.random.Generator, cfg: T
                      f"in {max_attempts} canvases; allow larger grids or smaller shapes (max_shape_side)")
 
 
+def random_program(num_calls: int, rng: np.random.Generator, cfg: TaskConfig) -> str:
+    """A program of `num_calls` random calls in canonical order, with no task: text for a code prior.
+
+    Nothing is pruned (a call may be hidden by later ones): the text teaches what programs look like
+    at any length, never which program solves a task.
+    """
+    height, width = (int(s) for s in rng.integers(cfg.min_side, cfg.max_side + 1, size=2))
+    calls = [random_call(height, width, rng, cfg) for _ in range(num_calls)]
+    return program_text(canonical_order(calls, height, width))
+
+
 def generate_tasks(seed: int, num_tasks: int, num_calls: int, cfg: TaskConfig) -> list[ToyTask]:
     """`num_tasks` tasks with `num_calls` calls each, the same for the same seed."""
     rng = np.random.default_rng([seed, num_calls])
