@@ -86,8 +86,9 @@ def make_parser(solve_preset: SolveConfig | None = None) -> argparse.ArgumentPar
                                          "Without --dataset and --model: the toy demo on CPU (search and learn "
                                          "against search alone)")
     for group, preset in zip(SOLVE_GROUPS, _groups(solve_preset)):
-        # the loop sets samples per prompt (samples_per_view); one flag, not two
-        add_config_args(solve, group, skip=("num_samples",), defaults=preset)
+        # the loop sets samples per prompt (samples_per_view); one flag, not two. The loop searches one task
+        # at a time, with adapter 0: more adapters would only take memory
+        add_config_args(solve, group, skip=("num_samples", "num_adapters"), defaults=preset)
     if solve_preset is None:
         solve.set_defaults(dataset=None, model=None)  # to tell "not given" (the demo) from a value
     return parser

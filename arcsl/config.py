@@ -69,12 +69,17 @@ class ModelConfig:
     use_rslora: bool = field(default=True, metadata={"help": "rank-stabilised LoRA scaling (alpha/sqrt(r))"})
     use_dora: bool = field(default=False, metadata={"help": "weight-decomposed LoRA (DoRA); slower"})
     lora_seed: int = field(default=0, metadata={"help": "seed of the LoRA initialisation (reset restores this state)"})
+    num_adapters: int = field(default=1, metadata={
+        "help": "LoRA adapters the engine holds, each trained on its own and all starting from the same values; "
+                "one sampling call can decode prompts of several adapters in one batch"})
 
     def __post_init__(self):
         if self.device != "auto" and self.device.split(":")[0] not in ("cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N; got {self.device!r}")
         if self.lora_rank < 1:
             raise ValueError(f"lora_rank must be >= 1, got {self.lora_rank}")
+        if self.num_adapters < 1:
+            raise ValueError(f"num_adapters must be >= 1, got {self.num_adapters}")
         if self.lora_alpha <= 0:
             raise ValueError(f"lora_alpha must be > 0, got {self.lora_alpha}")
         if not 0 <= self.lora_dropout < 1:
@@ -105,7 +110,7 @@ class SamplingConfig:
         "help": "fuse the decode step's small operations with torch.compile (GPU only; compiled once per process)"})
     merge_lora: bool = field(default=True, metadata={
         "help": "add the LoRA into the base weights while sampling (base-model decode speed); they are restored "
-                "exactly afterwards from a copy in host memory, asynchronously"})
+                "exactly afterwards from a copy in host memory, asynchronously. A call that mixes adapters never merges"})
 
     def __post_init__(self):
         if self.num_samples < 1:

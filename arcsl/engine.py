@@ -2,7 +2,7 @@
 
 The engine knows nothing about grids: prompts (chat messages, text or token ids) in, completions out;
 fine-tuning on (prompt, completion) pairs. Everything expensive is built once, in `__init__`: the
-model, the LoRA wrapper, the optimizer, a copy of the initial LoRA values. A round then costs only its
+model, the LoRA wrapper, the optimizers, a copy of the initial LoRA values. A round then costs only its
 sampling and training, and `reset()` between tasks costs milliseconds.
 
 What is covered:
@@ -14,11 +14,14 @@ What is covered:
   texts match token for token;
 - sampling (`arcsl.sampler`) in batches sized to GPU memory, halved on out-of-memory and retried;
 - the fast sampler's weights (`arcsl.decode_weights`): fused, with the LoRA stacked or merged in place;
+- several LoRA adapters (`ModelConfig.num_adapters`, one per task searched together): each is fine-tuned,
+  reset, saved and loaded on its own, with its own optimizer; one `sample` call takes an adapter per
+  prompt and decodes them in one batch (a decode step reads the base weights once for all adapters);
 - sampling decoders kept across calls (their caches and CUDA graphs are reused round after round);
 - fine-tuning (`arcsl.finetune`), reset, and adapters saved/loaded as peft safetensors.
 
-What is not covered: several adapters at once, multi-GPU models, tokenizers without a chat template
-for `ChatPrompt` (use plain text or token ids). DoRA, LoRA biases and 4-bit base weights sample through
+What is not covered: training several adapters in one step, multi-GPU models, tokenizers without a chat
+template for `ChatPrompt` (use plain text or token ids). DoRA, LoRA biases and 4-bit base weights sample through
 the model's own forward (`CacheDecoder`), which is slower.
 """
 
@@ -86,16 +89,23 @@ class SampleResult:
 
 
 class Engine(Protocol):
-    """What the search loop needs from a model; an engine over vLLM or a toy model can implement it."""
+    """What the search loop needs from a model; an engine over vLLM or a toy model can implement it.
 
-    def sample(self, prompts: Sequence[Prompt], cfg: SamplingConfig, seed: int = 0) -> SampleResult:
-        """`cfg.num_samples` completions of each prompt, reproducible for a given seed."""
+    An engine holds one or more LoRA adapters, numbered from 0, all starting from the same values; each is
+    trained and reset on its own (one per task, when several tasks are searched together).
+    """
 
-    def finetune(self, examples: Sequence[Example], cfg: FinetuneConfig, seed: int = 0) -> FinetuneStats:
-        """Trains the adapter on (prompt, completion) pairs; training state carries over until `reset`."""
+    def sample(self, prompts: Sequence[Prompt], cfg: SamplingConfig, seed: int = 0,
+               adapters: Sequence[int] | None = None) -> SampleResult:
+        """`cfg.num_samples` completions of each prompt, prompt i through adapter `adapters[i]` (None: all
+        through adapter 0); reproducible for a given seed."""
 
-    def reset(self) -> None:
-        """Back to the initial adapter and a fresh optimizer (between tasks)."""
+    def finetune(self, examples: Sequence[Example], cfg: FinetuneConfig, seed: int = 0,
+                 adapter: int = 0) -> FinetuneStats:
+        """Trains `adapter` on (prompt, completion) pairs; its training state carries over until its `reset`."""
+
+    def reset(self, adapter: int | None = None) -> None:
+        """`adapter` (None: every adapter) back to its initial values with a fresh optimizer (between tasks)."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -144,12 +154,12 @@ def pick_pad_id(tokenizer, vocab_size: int, end_ids: set[int]) -> int:
 
 
 class HFEngine:
-    """Engine over a Hugging Face causal LM with one LoRA adapter (peft).
+    """Engine over a Hugging Face causal LM with `cfg.num_adapters` LoRA adapters (peft).
 
     Args:
         model: the causal LM, already on its device (fp32 on CPU, bf16 on GPU).
         tokenizer: its tokenizer, or None when prompts and completions are token ids (benchmarks).
-        cfg: LoRA settings (the model fields are for `load_engine`).
+        cfg: LoRA settings and the number of adapters (the model fields are for `load_engine`).
     """
 
     def __init__(self, model, tokenizer, cfg: ModelConfig):
@@ -159,9 +169,14 @@ class HFEngine:
         lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                           target_modules=cfg.target_modules, use_rslora=cfg.use_rslora, use_dora=cfg.use_dora,
                           bias="none", task_type="CAUSAL_LM")
+        self.num_adapters = cfg.num_adapters
+        self.adapter_names = ["default"] + [f"slot{k}" for k in range(1, cfg.num_adapters)]  # peft's names
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.lora_seed)
             self.model = get_peft_model(model, lora)  # LoRA weights in float32 (peft's default)
+            for name in self.adapter_names[1:]:
+                self.model.add_adapter(name, lora)  # its values become the first adapter's (Finetuner)
+        self.active_adapter = 0  # peft's active adapter: the one training and the model's own forward use
         self.lm = self.model.get_base_model()
         self.tokenizer = tokenizer
         self.device = self.lm.get_output_embeddings().weight.device
@@ -178,16 +193,18 @@ class HFEngine:
         stop = set(self.eos_ids) | {self.end_of_turn_id}
         self.stop_ids = sorted(stop)
         self.pad_id = pick_pad_id(tokenizer, self.lm.config.vocab_size, stop)
-        self.weights = DecodeWeights(self.lm) if DecodeWeights.supports(self.lm) else None
+        self.weights = DecodeWeights(self.lm, self.adapter_names) if DecodeWeights.supports(self.lm) else None
         self.is_fast = self.weights is not None  # else sampling runs the model's own forward, prompt by prompt
         self.decoders: OrderedDict[tuple, SharedPrefixDecoder] = OrderedDict()  # least recently used first
         self.compile_error: str | None = None  # why decode runs eagerly although compilation was asked for
         self.is_compiler_checked = False
-        # the LoRA's identity for the sampler: bumped by every change (finetune, reset, load_adapter)
-        self.lora_version = 0
-        self.lora_is_initial = True
+        # per adapter, its LoRA's identity for the sampler: 0 = the initial values (which every adapter starts
+        # from and a reset restores exactly), else a number no other LoRA state had (finetune, load_adapter)
+        self.lora_versions = [0] * cfg.num_adapters
+        self.num_lora_changes = 0
         self.initial_lora_is_zero = self.weights is not None and self.weights.lora_is_zero
-        params = [p for p in self.model.parameters() if p.requires_grad]
+        params = [[p for n, p in self.model.named_parameters() if n.split(".")[-2] == name]  # ...lora_A.<name>.weight
+                  for name in self.adapter_names]
         self.finetuner = Finetuner(self.lm, params, self.pad_id, self.autocast_dtype, self.release_sampler_memory)
         self.row_cap_after_oom: int | None = None  # sticky: once a batch size failed, stay below it
         self.model.eval()
@@ -220,11 +237,15 @@ class HFEngine:
 
     # --- sampling -----------------------------------------------------------------------------------
 
-    def sample(self, prompts: Sequence[Prompt], cfg: SamplingConfig, seed: int = 0) -> SampleResult:
-        """`cfg.num_samples` completions per prompt. Same seed, same prompts, same batch plan: same texts."""
+    def sample(self, prompts: Sequence[Prompt], cfg: SamplingConfig, seed: int = 0,
+               adapters: Sequence[int] | None = None) -> SampleResult:
+        """`cfg.num_samples` completions per prompt, prompt i through adapter `adapters[i]` (None: adapter 0).
+        Same seed, same prompts and adapters, same batch plan: same texts. Prompts of different adapters
+        share batches; greedy texts are those of sampling each adapter's prompts alone."""
         start = time.perf_counter()
         if cfg.stop_at_code_end and not cfg.ignore_eos and self.tokenizer is None:
             raise ValueError("stop_at_code_end needs a tokenizer; this engine has none")
+        adapters = self._check_adapters(adapters, len(prompts))
         ids = [self.encode_prompt(p) for p in prompts]
         generator = torch.Generator(self.device).manual_seed(seed)
         if self.device.type == "cuda":
@@ -233,11 +254,10 @@ class HFEngine:
         try:
             if self.weights is not None:
                 merge_start = time.perf_counter()
-                is_zero = self.lora_is_initial and self.initial_lora_is_zero
-                self.weights.prepare(cfg.merge_lora, self.lora_version, is_zero)
+                self._prepare_weights(adapters, cfg.merge_lora)
                 self._sync()
                 merge_s = time.perf_counter() - merge_start
-            rows, timing = self._sample_ids(ids, cfg, generator)
+            rows, timing = self._sample_ids(ids, adapters, cfg, generator)
         finally:
             if self.weights is not None and self.weights.is_merged:
                 self.weights.restore()  # asynchronous on a GPU: overlaps with what the caller does next
@@ -252,7 +272,32 @@ class HFEngine:
             capture_s=timing["capture"], merge_s=merge_s)
         return SampleResult(completions, stats)
 
-    def _sample_ids(self, ids: list[list[int]], cfg: SamplingConfig,
+    def _prepare_weights(self, adapters: list[int], merge: bool) -> None:
+        """The used adapters' LoRA where decode reads it. When they all hold one state (one adapter, or
+        adapters all at their initial values), that state alone: stacked, merged or skipped if zero; else
+        every used adapter's factors, each row masked to its own (never merged)."""
+        versions = {k: self.lora_versions[k] for k in sorted(set(adapters or [0]))}
+        if len(set(versions.values())) > 1:
+            self.weights.prepare_mixed(versions)
+            return
+        adapter, version = next(iter(versions.items()))
+        self.weights.prepare(merge, version, version == 0 and self.initial_lora_is_zero, adapter)
+
+    def _check_adapters(self, adapters: Sequence[int] | None, num_prompts: int) -> list[int]:
+        if adapters is None:
+            return [0] * num_prompts
+        if len(adapters) != num_prompts:
+            raise ValueError(f"adapters has {len(adapters)} entries for {num_prompts} prompts; give one per prompt")
+        for adapter in adapters:
+            self._check_adapter(adapter)
+        return list(adapters)
+
+    def _check_adapter(self, adapter: int) -> None:
+        if not 0 <= adapter < self.num_adapters:
+            raise ValueError(f"adapter {adapter} does not exist: this engine has num_adapters={self.num_adapters} "
+                             f"(adapters 0 to {self.num_adapters - 1})")
+
+    def _sample_ids(self, ids: list[list[int]], adapters: list[int], cfg: SamplingConfig,
                     generator: torch.Generator) -> tuple[list[list[RowState]], dict]:
         rows: list[list[RowState]] = [[] for _ in ids]
         # longest prompts first: similar lengths share a batch, and the largest batch fails first
@@ -261,7 +306,8 @@ class HFEngine:
         while queue:
             batch, per_prompt = self._next_batch(queue, ids, cfg)
             try:
-                results = self._run_batch([ids[i] for i in batch], per_prompt, cfg, generator, timing)
+                results = self._run_batch([ids[i] for i in batch], [adapters[i] for i in batch], per_prompt, cfg,
+                                          generator, timing)
             except torch.OutOfMemoryError:
                 results = None
             if results is None:  # outside the except block, so the failed batch's tensors are freed
@@ -329,12 +375,13 @@ class HFEngine:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    def _run_batch(self, prompts: list[list[int]], per_prompt: int, cfg: SamplingConfig,
+    def _run_batch(self, prompts: list[list[int]], adapters: list[int], per_prompt: int, cfg: SamplingConfig,
                    generator: torch.Generator, timing: dict) -> list[RowState]:
         if self.is_fast:
             decoder = self._decoder(len(prompts), per_prompt, cfg)
-            decoder.load(prompts)
-        else:
+            decoder.load(prompts, adapters)
+        else:  # one prompt per batch, through the model's own forward with the prompt's adapter active
+            self._activate(adapters[0])
             decoder = CacheDecoder(self.lm, prompts, per_prompt, self.autocast_dtype)
         captured = decoder.capture_s
         start = time.perf_counter()
@@ -384,40 +431,62 @@ class HFEngine:
 
     # --- fine-tuning --------------------------------------------------------------------------------
 
-    def finetune(self, examples: Sequence[Example], cfg: FinetuneConfig, seed: int = 0) -> FinetuneStats:
-        """Trains the LoRA on (prompt, completion) pairs; the loss covers the completion and its end token.
-        The optimizer state carries over between calls until `reset()`."""
+    def finetune(self, examples: Sequence[Example], cfg: FinetuneConfig, seed: int = 0,
+                 adapter: int = 0) -> FinetuneStats:
+        """Trains `adapter`'s LoRA on (prompt, completion) pairs; the loss covers the completion and its end
+        token. The adapter's optimizer state carries over between calls until its `reset`; other adapters
+        are untouched."""
+        self._check_adapter(adapter)
         if not examples:
             raise ValueError("finetune needs at least one example")
         seqs = [self.encode_example(p, c) for p, c in examples]
         self._sync()  # the base weights' restore after sampling, if still running, is waited for here, untimed
-        self._lora_changed(is_initial=False)
-        return self.finetuner.run(seqs, cfg, seed)
+        self._activate(adapter)
+        self._lora_changed(adapter)
+        return self.finetuner.run(seqs, cfg, seed, adapter)
 
-    def reset(self) -> None:
-        """The LoRA back to its initial values, in place, and the optimizer state cleared."""
-        self.finetuner.reset()
-        self._lora_changed(is_initial=True)
+    def reset(self, adapter: int | None = None) -> None:
+        """`adapter`'s LoRA (None: every adapter's) back to its initial values, in place, and its optimizer
+        state cleared."""
+        if adapter is not None:
+            self._check_adapter(adapter)
+        for k in range(self.num_adapters) if adapter is None else [adapter]:
+            self.finetuner.reset(k)
+            self.lora_versions[k] = 0  # the initial values, bit for bit
 
-    def _lora_changed(self, is_initial: bool) -> None:
-        self.lora_version += 1
-        self.lora_is_initial = is_initial
+    def _lora_changed(self, adapter: int) -> None:
+        self.num_lora_changes += 1
+        self.lora_versions[adapter] = self.num_lora_changes
 
-    def save_adapter(self, path: str | Path) -> None:
-        """Writes adapter_model.safetensors and adapter_config.json (peft's format, which vLLM reads)."""
-        self.model.save_pretrained(str(path))
+    def _activate(self, adapter: int) -> None:
+        """Makes `adapter` the one the model's own forward (training, `CacheDecoder`) computes with."""
+        if adapter != self.active_adapter:
+            self.model.set_adapter(self.adapter_names[adapter])  # also makes only its parameters trainable
+            self.active_adapter = adapter
 
-    def load_adapter(self, path: str | Path) -> None:
-        """Copies saved LoRA weights into this adapter in place (same rank and targets); clears the optimizer."""
+    def save_adapter(self, path: str | Path, adapter: int = 0) -> None:
+        """Writes `adapter`'s adapter_model.safetensors and adapter_config.json into `path` (peft's format,
+        which vLLM reads)."""
+        self._check_adapter(adapter)
+        name, path = self.adapter_names[adapter], Path(path)
+        self.model.save_pretrained(str(path), selected_adapters=[name])
+        if name != "default":  # peft writes the files of any other adapter into a folder named after it
+            for written in (path / name).iterdir():
+                written.replace(path / written.name)
+            (path / name).rmdir()
+
+    def load_adapter(self, path: str | Path, adapter: int = 0) -> None:
+        """Copies saved LoRA weights into `adapter` in place (same rank and targets); clears its optimizer."""
         from peft.utils import set_peft_model_state_dict
         from safetensors.torch import load_file
 
+        self._check_adapter(adapter)
         weights = load_file(str(Path(path) / "adapter_model.safetensors"), device=str(self.device))
-        result = set_peft_model_state_dict(self.model, weights)
+        result = set_peft_model_state_dict(self.model, weights, adapter_name=self.adapter_names[adapter])
         if result.unexpected_keys:
             raise ValueError(f"adapter at {path} does not match this model's LoRA: {result.unexpected_keys[:3]} ...")
-        self.finetuner.clear_optimizer()
-        self._lora_changed(is_initial=False)
+        self.finetuner.clear_optimizer(adapter)
+        self._lora_changed(adapter)
 
     # --- helpers ------------------------------------------------------------------------------------
 

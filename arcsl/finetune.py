@@ -1,10 +1,11 @@
 """LoRA fine-tuning on (prompt, completion) token sequences: a plain loop that lives as long as the engine.
 
 What is covered:
-- `Finetuner`: one AdamW (fused on GPU) over the LoRA parameters, created once; constant learning rate
-  after a linear warm-up counted from the last reset; gradient accumulation over length-sorted
-  micro-batches packed up to a token budget; gradient clipping; optional gradient checkpointing;
-  `reset()` copies the initial LoRA values back in place and drops the optimizer state (milliseconds).
+- `Finetuner`: one AdamW (fused on GPU) per adapter over its LoRA parameters, created once; constant
+  learning rate after a linear warm-up counted from the adapter's last reset; gradient accumulation over
+  length-sorted micro-batches packed up to a token budget; gradient clipping; optional gradient
+  checkpointing; `reset(adapter)` copies the initial LoRA values back in place and drops that adapter's
+  optimizer state (milliseconds). Every adapter starts from the same initial values (one copy is kept).
 - out of memory: the step is retried with gradient checkpointing for micro-batches as long as the one that
   failed (and longer ones, from then on), then once more after the sampler's kept memory is released;
   short sequences keep training at full speed and long ones (9.7k tokens on an 80 GB GPU) still fit.
@@ -13,8 +14,9 @@ What is covered:
 - `completion_loss`: logits are computed only at the positions that predict completion tokens, so a
   4k-token prompt never materialises a 4k x vocab logits tensor.
 
-What is not covered: packing several examples into one row, learning-rate decay, mixed adapters,
-distributed training (one engine per GPU; tasks are sharded, not batches).
+What is not covered: packing several examples into one row, learning-rate decay, training several
+adapters in one step (a call trains one; the caller makes it the model's active adapter), distributed
+training (one engine per GPU; tasks are sharded, not batches).
 """
 
 import random
@@ -79,42 +81,50 @@ def micro_batches(seqs: list[Tokenized], max_tokens: int) -> list[list[Tokenized
 
 
 class Finetuner:
-    """The training state of one engine: LoRA parameters, their initial values and one optimizer.
+    """The training state of one engine: each adapter's LoRA parameters and optimizer, and their initial values.
 
     Args:
+        params: per adapter, its LoRA parameters, in the same order for every adapter. The first adapter's
+            values are the initial values of all: the others are set to them here.
         release_memory: frees memory held elsewhere (the sampler's kept caches), the last resort on OOM.
     """
 
-    def __init__(self, lm, params: list[torch.nn.Parameter], pad_id: int, autocast_dtype: torch.dtype | None,
-                 release_memory: Callable[[], None] | None = None):
+    def __init__(self, lm, params: list[list[torch.nn.Parameter]], pad_id: int,
+                 autocast_dtype: torch.dtype | None, release_memory: Callable[[], None] | None = None):
+        shapes = [[p.shape for p in ps] for ps in params]
+        assert all(s == shapes[0] for s in shapes), f"adapters differ in their LoRA parameters: {len(shapes)} adapters"
         self.lm, self.params, self.pad_id = lm, params, pad_id
-        self.device = params[0].device
+        self.device = params[0][0].device
         self.autocast_dtype = autocast_dtype
         self.release_memory = release_memory
-        self.initial = [p.detach().clone() for p in params]
+        self.initial = [p.detach().clone() for p in params[0]]
         # built once: per-round trainer construction was the largest overhead of the slow implementation
-        self.optimizer = torch.optim.AdamW(params, lr=1e-4, fused=self.device.type == "cuda")
-        self.num_steps = 0  # optimizer steps since the last reset; drives the warm-up
+        self.optimizers = [torch.optim.AdamW(ps, lr=1e-4, fused=self.device.type == "cuda") for ps in params]
+        self.num_steps = [0] * len(params)  # per adapter, optimizer steps since its last reset; drive the warm-up
         # sticky, learnt from out-of-memory errors: micro-batches of at least this many padded tokens are
         # checkpointed (memory does not change between tasks, so neither does the limit)
         self.checkpoint_from_tokens: int | None = None
         self.counts = {"checkpointed": 0, "oom_retries": 0}
         self.micro_batch: tuple[int, bool] = (0, False)  # (padded tokens, checkpointed) of the one running
+        for adapter in range(1, len(params)):
+            self.reset(adapter)
 
     @torch.no_grad()
-    def reset(self) -> None:
-        """Initial LoRA values back in place, optimizer state dropped; as good as a fresh adapter."""
-        for p, p0 in zip(self.params, self.initial):
+    def reset(self, adapter: int) -> None:
+        """The adapter's initial LoRA values back in place, its optimizer state dropped: as good as fresh."""
+        for p, p0 in zip(self.params[adapter], self.initial):
             p.copy_(p0)
-        self.clear_optimizer()
+        self.clear_optimizer(adapter)
 
-    def clear_optimizer(self) -> None:
-        self.optimizer.state.clear()  # AdamW re-creates zeroed moments at its next step
-        self.optimizer.zero_grad(set_to_none=True)
-        self.num_steps = 0
+    def clear_optimizer(self, adapter: int) -> None:
+        optimizer = self.optimizers[adapter]
+        optimizer.state.clear()  # AdamW re-creates zeroed moments at its next step
+        optimizer.zero_grad(set_to_none=True)
+        self.num_steps[adapter] = 0
 
-    def run(self, seqs: list[Tokenized], cfg: FinetuneConfig, seed: int) -> FinetuneStats:
-        """Trains on `seqs` for `cfg.num_epochs` epochs; the order is shuffled with `seed`."""
+    def run(self, seqs: list[Tokenized], cfg: FinetuneConfig, seed: int, adapter: int = 0) -> FinetuneStats:
+        """Trains `adapter` (the model's active one) on `seqs` for `cfg.num_epochs` epochs; the order is
+        shuffled with `seed`."""
         kept = [s for s in seqs if len(s[0]) <= cfg.max_seq_len]
         if not kept:
             shortest = min(len(ids) for ids, _ in seqs)
@@ -129,7 +139,7 @@ class Finetuner:
             for _ in range(cfg.num_epochs):
                 order = rng.sample(kept, len(kept))
                 for i in range(0, len(order), cfg.examples_per_step):
-                    losses.append(self._step(order[i:i + cfg.examples_per_step], cfg))
+                    losses.append(self._step(order[i:i + cfg.examples_per_step], cfg, adapter))
             losses = torch.stack(losses).tolist()  # one host sync for the whole call
         finally:
             self.lm.eval()
@@ -144,17 +154,17 @@ class Finetuner:
             peak_memory_gb=torch.cuda.max_memory_allocated(self.device) / 1e9 if self.device.type == "cuda" else 0.0,
             num_checkpointed=self.counts["checkpointed"], num_oom_retries=self.counts["oom_retries"])
 
-    def _step(self, seqs: list[Tokenized], cfg: FinetuneConfig) -> torch.Tensor:
+    def _step(self, seqs: list[Tokenized], cfg: FinetuneConfig, adapter: int) -> torch.Tensor:
         """One optimizer step over `seqs`; on out of memory, the step starts again with less memory use."""
         released = False
         while True:
             try:
-                return self._try_step(seqs, cfg)
+                return self._try_step(seqs, cfg, adapter)
             except torch.OutOfMemoryError:
                 pass
             # outside the except block, so the failed step's tensors are freed; the gradients accumulated so
             # far are dropped and the whole step is done again
-            self.optimizer.zero_grad(set_to_none=True)
+            self.optimizers[adapter].zero_grad(set_to_none=True)
             self.counts["oom_retries"] += 1
             tokens, checkpointed = self.micro_batch
             if not checkpointed:
@@ -168,7 +178,7 @@ class Finetuner:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
 
-    def _try_step(self, seqs: list[Tokenized], cfg: FinetuneConfig) -> torch.Tensor:
+    def _try_step(self, seqs: list[Tokenized], cfg: FinetuneConfig, adapter: int) -> torch.Tensor:
         num_loss_tokens = sum(len(ids) - n for ids, n in seqs)
         total = torch.zeros((), device=self.device)
         for batch in micro_batches(seqs, cfg.max_tokens_per_micro_batch):
@@ -185,13 +195,14 @@ class Finetuner:
             loss.backward()
             total += loss.detach()
         if cfg.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.params, cfg.max_grad_norm)
-        warmup = min(1.0, (self.num_steps + 1) / (cfg.warmup_steps + 1))
-        for group in self.optimizer.param_groups:
+            torch.nn.utils.clip_grad_norm_(self.params[adapter], cfg.max_grad_norm)
+        optimizer = self.optimizers[adapter]
+        warmup = min(1.0, (self.num_steps[adapter] + 1) / (cfg.warmup_steps + 1))
+        for group in optimizer.param_groups:
             group["lr"], group["weight_decay"] = cfg.learning_rate * warmup, cfg.weight_decay
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.num_steps += 1
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        self.num_steps[adapter] += 1
         return total
 
     def _set_checkpointing(self, enabled: bool) -> None:

@@ -7,7 +7,8 @@ What is covered:
   KV heads never expanded (native GQA). A decoder lives as long as the engine: its caches are reused by
   every batch of the same shape, and its decode steps, captured as CUDA graphs once per (prompt-length
   bucket, step-cache width), are replayed across calls and rounds (the weights they read are updated in
-  place). The prompts of a batch are prefilled together, padded to the longest.
+  place). The prompts of a batch are prefilled together, padded to the longest. Each prompt may use its own
+  LoRA adapter (the weights then mix adapters; a static one-hot mask per row picks its adapter's block).
 - the decode step's elementwise pieces (`rms_norm`, `add_rms_norm`, `silu_mul`, `rotate`, `softmax_lse`,
   `merge_parts`) as plain functions; `decode_ops(compiled=True)` gives them compiled by torch.compile,
   once per process, so each becomes one fused kernel (a step has ~16 kernels per layer instead of ~75).
@@ -189,8 +190,8 @@ class SharedPrefixDecoder:
 
     Caches, per layer: prompt K/V (2, num_prompts, kv_heads, prompt_cap, head_dim), written by `prefill`;
     sample K/V (2, rows, kv_heads, step_cap, head_dim), one slot per decode step. Row r samples prompt
-    r // rows_per_prompt. Use: `load(prompts)`, `prefill()`, then `step()` per token; `load` again for the
-    next batch of the same shape (the caches and captured graphs are kept).
+    r // rows_per_prompt. Use: `load(prompts, adapters)`, `prefill()`, then `step()` per token; `load` again
+    for the next batch of the same shape (the caches and captured graphs are kept).
 
     Args:
         weights: the model's weights as the fast path reads them (`decode_weights.DecodeWeights`).
@@ -218,6 +219,9 @@ class SharedPrefixDecoder:
         self.tokens = torch.zeros(self.num_rows, dtype=torch.long, device=self.device)
         self.step_index = torch.zeros(1, dtype=torch.long, device=self.device)
         self.first_position = torch.zeros(self.num_rows, dtype=torch.long, device=self.device)
+        # one-hot adapter of each prompt and row, read by the projections while the weights mix adapters
+        self.prompt_adapters = torch.zeros(num_prompts, weights.num_adapters, 1, device=self.device, dtype=self.dtype)
+        self.row_adapters = torch.zeros(self.num_rows, weights.num_adapters, 1, device=self.device, dtype=self.dtype)
         self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.pool = torch.cuda.graph_pool_handle() if use_graphs else None
         self.capture_s = 0.0  # time spent capturing graphs (and compiling), for the caller's accounting
@@ -227,8 +231,9 @@ class SharedPrefixDecoder:
         """Memory held by the caches (graph pools come on top)."""
         return self.step_kv.nbytes + (self.prompt_kv.nbytes if self.prompt_kv is not None else 0)
 
-    def load(self, prompts: list[list[int]]) -> None:
-        """Makes the decoder ready for `prompts`: caches cleared, prompt lengths and positions set."""
+    def load(self, prompts: list[list[int]], adapters: list[int] | None = None) -> None:
+        """Makes the decoder ready for `prompts`: caches cleared, prompt lengths, positions and adapters
+        (one per prompt, default 0; used while the weights mix adapters) set."""
         if len(prompts) != self.num_prompts:
             raise ValueError(f"this decoder takes {self.num_prompts} prompts, got {len(prompts)}")
         cap = round_up(max(len(p) for p in prompts), PROMPT_ALIGN)
@@ -248,6 +253,10 @@ class SharedPrefixDecoder:
         bias = torch.where(slots < lengths[:, None], 0.0, float("-inf"))
         self.prompt_bias.copy_(bias.repeat_interleave(self.w.num_kv_heads, dim=0)[:, None])
         self.first_position.copy_(lengths.repeat_interleave(self.rows_per_prompt))
+        adapters = torch.tensor(adapters or [0] * len(prompts), device=self.device)
+        one_hot = F.one_hot(adapters, self.w.num_adapters).to(self.dtype)[:, :, None]
+        self.prompt_adapters.copy_(one_hot)
+        self.row_adapters.copy_(one_hot.repeat_interleave(self.rows_per_prompt, dim=0))
 
     # --- prefill ------------------------------------------------------------------------------------
 
@@ -276,15 +285,17 @@ class SharedPrefixDecoder:
         x = w.embed(ids.to(self.device))
         cos, sin = w.rotary(x, torch.arange(n, device=self.device)[None])
         h = rms_norm(x, w.layers[0].input_norm, w.eps)
+        mask = self.prompt_adapters[start:end, None]  # (b, 1, adapters, 1): one adapter for all of a prompt's tokens
         for i, layer in enumerate(w.layers):
-            q, k, v = w.project(layer.qkv, h).view(b, n, -1, w.head_dim).transpose(1, 2).split(
+            q, k, v = w.project(layer.qkv, h, mask).view(b, n, -1, w.head_dim).transpose(1, 2).split(
                 [w.num_heads, w.num_kv_heads, w.num_kv_heads], dim=1)
             q, k = apply_rotary_pos_emb(q, k, cos, sin)
             self.prompt_kv[i, 0, start:end, :, :n] = k
             self.prompt_kv[i, 1, start:end, :, :n] = v
             out = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=w.scale, enable_gqa=True)
-            x, h = add_rms_norm(x, w.project(layer.o, out.transpose(1, 2).reshape(b, n, -1)), layer.post_norm, w.eps)
-            x, h = add_rms_norm(x, w.project(layer.down, silu_mul(w.project(layer.gate_up, h))),
+            out = w.project(layer.o, out.transpose(1, 2).reshape(b, n, -1), mask)
+            x, h = add_rms_norm(x, out, layer.post_norm, w.eps)
+            x, h = add_rms_norm(x, w.project(layer.down, silu_mul(w.project(layer.gate_up, h, mask)), mask),
                                 w.next_norm(i), w.eps)
         lengths = torch.tensor([len(p) for p in prompts], device=self.device)
         return w.head(h[torch.arange(b, device=self.device), lengths - 1])
@@ -300,7 +311,8 @@ class SharedPrefixDecoder:
         width = min(self.step_cap, max(ALIGN, 1 << step.bit_length()))
         if not self.use_graphs:
             return self._forward(width, self.prompt_cap)
-        key = (self.prompt_cap, width, self.w.apply_lora)  # merged (or zero) LoRA: no LoRA products
+        # merged (or zero) LoRA: no LoRA products; mixed adapters: every adapter's, masked per row
+        key = (self.prompt_cap, width, self.w.apply_lora, self.w.is_mixed)
         if key not in self.graphs:
             started = time.perf_counter()
             self.graphs[key] = self._capture(width)
@@ -330,10 +342,11 @@ class SharedPrefixDecoder:
         # rank 3 like the prompt's bias, so that one compiled softmax_lse serves both parts
         step_bias = torch.where(self.slots[:width] <= self.step_index, 0.0, float("-inf"))[None, None]
         h = ops.rms_norm(x, w.layers[0].input_norm, w.eps)
+        mask = self.row_adapters
         for i, layer in enumerate(w.layers):
-            attn = self._attention(i, w.project(layer.qkv, h), cos, sin, step_bias, width, prompt_cap)
-            x, h = ops.add_rms_norm(x, w.project(layer.o, attn), layer.post_norm, w.eps)
-            delta = w.project(layer.down, ops.silu_mul(w.project(layer.gate_up, h)))
+            attn = self._attention(i, w.project(layer.qkv, h, mask), cos, sin, step_bias, width, prompt_cap)
+            x, h = ops.add_rms_norm(x, w.project(layer.o, attn, mask), layer.post_norm, w.eps)
+            delta = w.project(layer.down, ops.silu_mul(w.project(layer.gate_up, h, mask)), mask)
             x, h = ops.add_rms_norm(x, delta, w.next_norm(i), w.eps)
         return w.head(h).float()
 

@@ -1,5 +1,6 @@
-"""Engine benchmark: sampling throughput, the decode step's parts, LoRA fine-tuning at 2k-9.7k tokens next to
-the sampler's kept memory, reset time, and checks that the fast paths compute what the model computes.
+"""Engine benchmark: sampling throughput, several adapters in one call, the decode step's parts, LoRA
+fine-tuning at 2k-9.7k tokens next to the sampler's kept memory, reset time, and checks that the fast paths
+compute what the model computes.
 
 Examples:
     python bench/bench_engine.py --tiny                    # CPU smoke run, seconds (CI keeps it working)
@@ -10,8 +11,9 @@ random weights built directly on the device in bf16; prompts and completions are
 tokenizer or download is needed. Everything runs through the real engine path: `HFEngine.sample`,
 `HFEngine.finetune`, `HFEngine.reset`. The LoRA is trained for a step first, so sampling pays for it (merged
 or not). Each sampling case runs twice with the same shape: the first call ("cold") captures its CUDA
-graphs, the second ("warm", the steady state of a run's later rounds) reuses them. Prints tables, then
-one JSON line.
+graphs, the second ("warm", the steady state of a run's later rounds) reuses them. The engine holds
+`NUM_ADAPTERS` adapters; everything but the adapters section and the paths check uses adapter 0. Prints
+tables, then one JSON line.
 """
 
 import argparse
@@ -32,7 +34,8 @@ from arcsl.config import FinetuneConfig, ModelConfig, SamplingConfig
 from arcsl.engine import HFEngine
 from arcsl.sampler import pick_tokens
 
-LORA = ModelConfig(model="random-llama", lora_rank=32, lora_alpha=32)
+NUM_ADAPTERS = 5  # the most adapters the adapters section mixes
+LORA = ModelConfig(model="random-llama", lora_rank=32, lora_alpha=32, num_adapters=NUM_ADAPTERS)
 BASE = SamplingConfig(temperature=1.0, top_p=0.95, ignore_eos=True)
 
 
@@ -77,6 +80,54 @@ def bench_sampling(engine: HFEngine, tiny: bool, vocab: int, num_cases: int | No
                          batches=s.num_batches, peak_gb=round(s.peak_memory_gb, 1)))
         print(f"sampling  {name}: {rows[-1]['output_tok_s']} output tok/s (cold {rows[-1]['cold_output_tok_s']})",
               flush=True)
+    return rows
+
+
+# --- several adapters -------------------------------------------------------------------------------
+
+
+def adapter_cases(k: int, r: int) -> dict[str, tuple[list[list[tuple[int, int]]], dict]]:
+    """name -> (its calls, each a list of (prompt, adapter); SamplingConfig changes)."""
+    mixed, single = [(i, i) for i in range(k)], [(i, 0) for i in range(k)]
+    return {f"{k} adapters x {r}, one call (mixed)": ([mixed], {}),
+            f"1 adapter x {k * r}, one call": ([single], {}),
+            f"1 adapter x {k * r}, one call, LoRA not merged": ([single], {"merge_lora": False}),
+            f"{k} calls of 1 adapter x {r} (tasks one by one)": ([[pair] for pair in mixed], {})}
+
+
+def bench_adapters(engine: HFEngine, tiny: bool, vocab: int) -> list[dict]:
+    """K adapters x R samples in one call (each adapter its own prompt; the LoRA is not merged and every
+    row reads its own adapter's factors) against 1 adapter x K*R samples of the same prompts, and against
+    K calls of R samples (tasks searched one after another). Each adapter is first trained a step on data of
+    its own, so that they differ. Warm calls (second of each shape)."""
+    k, r = (3, 4) if tiny else (NUM_ADAPTERS, 16)
+    gen = torch.Generator().manual_seed(6)
+    prompt_len, new = (64, 16) if tiny else (1000, 256)
+    prompts = [random_ids(prompt_len, vocab, gen) for _ in range(k)]
+    for adapter in range(k):
+        example = (random_ids(64, vocab, gen), random_ids(8, vocab, gen))
+        engine.finetune([example], FinetuneConfig(), seed=adapter, adapter=adapter)
+    rows = []
+    for name, (calls, changes) in adapter_cases(k, r).items():
+        cfg = replace(BASE, num_samples=r, max_new_tokens=new, **changes)
+        try:
+            for seed in (0, 1):  # the first captures the graphs, the second is timed
+                stats = [engine.sample([prompts[i] for i, _ in call], cfg, seed, [a for _, a in call]).stats
+                         for call in calls]
+        except Exception as e:  # keep the other cases' figures
+            traceback.print_exc()
+            rows.append(dict(case=name, error=error_text(e)))
+            engine.release_sampler_memory()
+            continue
+        tokens, total = sum(s.num_output_tokens for s in stats), sum(s.total_s for s in stats)
+        decode = sum(s.decode_s for s in stats)
+        steps = sum(s.num_batches for s in stats) * (new - 1)
+        rows.append(dict(case=name, calls=len(calls), samples=k * r, new_tokens=new, output_tok_s=round(tokens / total),
+                         decode_ms_per_step=round(1000 * decode / steps, 2),
+                         rows_per_step=k * r // len(calls), total_s=round(total, 3),
+                         merge_s=round(sum(s.merge_s for s in stats), 4)))
+        print(f"adapters  {name}: {rows[-1]['output_tok_s']} output tok/s, "
+              f"{rows[-1]['decode_ms_per_step']} ms per step", flush=True)
     return rows
 
 
@@ -190,7 +241,7 @@ def check_decoder(engine: HFEngine, tiny: bool, vocab: int) -> dict:
             sequence.append(int(ref.argmax()))
             cached, cache = last_logits(sequence[-1:], past_key_values=cache, use_cache=True)
     cfg = replace(BASE, num_samples=2, max_new_tokens=9)
-    engine.weights.prepare(cfg.merge_lora, engine.lora_version, lora_is_zero=False)
+    engine.weights.prepare(cfg.merge_lora, engine.lora_versions[0], lora_is_zero=False)
     try:
         decoder = engine._decoder(1, 2, cfg)
         decoder.load([ids])
@@ -205,33 +256,49 @@ def check_decoder(engine: HFEngine, tiny: bool, vocab: int) -> dict:
             "hf_cache_relative_error_per_step": [float(f"{e:.2e}") for e in yardstick]}
 
 
+def adapter_texts(engine: HFEngine, prompts: list[str], cfg: SamplingConfig, mixed: bool) -> list[list[str]]:
+    """Greedy texts of `prompts` through adapter 0, then through adapter 1: from one call that mixes the two
+    adapters, or from one call per adapter."""
+    n = len(prompts)
+    if mixed:
+        out = engine.sample(prompts * 2, cfg, adapters=[0] * n + [1] * n).completions
+    else:
+        out = [cs for a in (0, 1) for cs in engine.sample(prompts, cfg, adapters=[a] * n).completions]
+    return [[c.text for c in cs] for cs in out]
+
+
 def check_paths_agree(device: torch.device) -> dict:
-    """Greedy decoding of a tiny float32 model with a trained LoRA through every path: CPU eager with the
-    LoRA merged and not, and on a GPU compiled + CUDA graphs (merged and not) and eager without graphs.
-    The texts must be identical."""
+    """Greedy decoding of a tiny float32 model with two differently trained adapters through every path: CPU
+    eager with the LoRA merged, not merged and the adapters mixed in one call, and on a GPU compiled + CUDA
+    graphs (merged, not merged, mixed) and eager without graphs (alone, mixed). The texts must be identical."""
     tokenizer = code_tokenizer(tiny=True)
-    cpu = HFEngine(build_model("tiny", torch.device("cpu"), len(tokenizer)), tokenizer, replace(LORA, lora_rank=8))
+    lora = replace(LORA, lora_rank=8, num_adapters=2)
+    cpu = HFEngine(build_model("tiny", torch.device("cpu"), len(tokenizer)), tokenizer, lora)
     prompts = ["def transform(input_grid):\n", "Black Blue Red\nGreen Green Black\n"]
-    examples = [(p, "    return np.rot90(input_grid)\n") for p in prompts] * 4
-    cpu.finetune(examples, FinetuneConfig(learning_rate=1e-2))
+    for adapter, completion in enumerate(["    return np.rot90(input_grid)\n", "    return input_grid.copy()\n"]):
+        cpu.finetune([(p, completion) for p in prompts] * 4, FinetuneConfig(learning_rate=1e-2), adapter=adapter)
     greedy = SamplingConfig(num_samples=2, temperature=0, max_new_tokens=40, ignore_eos=True)
-    variants = {"cpu merged": {}, "cpu not merged": {"merge_lora": False}}
-    texts = {name: [[c.text for c in cs] for cs in cpu.sample(prompts, replace(greedy, **changes)).completions]
-             for name, changes in variants.items()}
+    variants = {"cpu merged": ({}, False), "cpu not merged": ({"merge_lora": False}, False), "cpu mixed": ({}, True)}
+    texts = {name: adapter_texts(cpu, prompts, replace(greedy, **changes), mixed)
+             for name, (changes, mixed) in variants.items()}
     if device.type == "cuda":
-        with tempfile.TemporaryDirectory() as adapter:
-            cpu.save_adapter(adapter)
-            gpu = HFEngine(build_model("tiny", torch.device("cpu"), len(tokenizer)).to(device), tokenizer,
-                           replace(LORA, lora_rank=8))
-            gpu.load_adapter(adapter)
-        for name, changes in {"gpu compiled graphs merged": {}, "gpu compiled graphs not merged": {"merge_lora": False},
-                              "gpu eager no graphs": {"compile_decode": False, "cuda_graphs": False}}.items():
-            out = gpu.sample(prompts, replace(greedy, **changes)).completions
-            texts[name] = [[c.text for c in cs] for cs in out]
+        gpu = HFEngine(build_model("tiny", torch.device("cpu"), len(tokenizer)).to(device), tokenizer, lora)
+        for adapter in (0, 1):
+            with tempfile.TemporaryDirectory() as path:
+                cpu.save_adapter(path, adapter)
+                gpu.load_adapter(path, adapter)
+        eager = {"compile_decode": False, "cuda_graphs": False}
+        for name, (changes, mixed) in {"gpu compiled graphs merged": ({}, False),
+                                       "gpu compiled graphs not merged": ({"merge_lora": False}, False),
+                                       "gpu compiled graphs mixed": ({}, True),
+                                       "gpu eager no graphs": (eager, False),
+                                       "gpu eager no graphs mixed": (eager, True)}.items():
+            texts[name] = adapter_texts(gpu, prompts, replace(greedy, **changes), mixed)
         if gpu.compile_error:
             texts["gpu compile error"] = gpu.compile_error
     reference = texts["cpu not merged"]
     return {"paths": sorted(texts), "identical": all(t == reference for t in texts.values()),
+            "adapters_differ": reference[:len(prompts)] != reference[len(prompts):],
             "differing": [name for name, t in texts.items() if t != reference]}
 
 
@@ -240,12 +307,12 @@ def bench_reset(engine: HFEngine) -> dict:
     for _ in range(10):
         sync(engine.device)
         start = time.perf_counter()
-        engine.reset()
+        engine.reset(0)  # one task's adapter
         sync(engine.device)
         times.append(time.perf_counter() - start)
     return {"median_s": round(statistics.median(times), 5), "max_s": round(max(times), 5),
-            "lora_tensors": len(engine.finetuner.params),
-            "lora_params": sum(p.numel() for p in engine.finetuner.params)}
+            "lora_tensors": len(engine.finetuner.params[0]),
+            "lora_params": sum(p.numel() for p in engine.finetuner.params[0])}
 
 
 # --- report -----------------------------------------------------------------------------------------
@@ -255,6 +322,9 @@ def print_report(result: dict) -> None:
     print_table("sampling (random ids, every sample runs to max tokens; warm = second call of the shape)",
                 result.get("sampling", []), ["case", "samples", "output_tok_s", "cold_output_tok_s", "decode_tok_s",
                                              "decode_ms_per_step", "prefill_s", "overhead_s", "peak_gb"])
+    print_table("several adapters in one call (random ids, warm calls)", result.get("adapters", []),
+                ["case", "calls", "samples", "rows_per_step", "output_tok_s", "decode_ms_per_step", "total_s",
+                 "merge_s"])
     if "step_parts" in result:
         print(f"\ndecode step parts (1 x 128, width 256): {result['step_parts']}")
     print_table("LoRA fine-tuning (rank 32, all linear layers)", result.get("finetune", []),
@@ -279,7 +349,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default=None, help="also write the JSON result to this file")
     parser.add_argument("--num-cases", type=int, default=None, help="only the first N sampling cases")
     parser.add_argument("--skip", nargs="*", default=[],
-                        choices=["sampling", "finetune", "step_parts", "check", "paths", "reset"])
+                        choices=["sampling", "adapters", "finetune", "step_parts", "check", "paths", "reset"])
     args = parser.parse_args(argv)
 
     device = pick_device(args.tiny)
@@ -289,13 +359,15 @@ def main(argv: list[str] | None = None) -> dict:
     sync(device)
     result = header("engine", device, argv) | {
         "model": "tiny llama" if args.tiny else "llama-3.1-8b shape, random bf16",
-        "lora": "rank 32, alpha 32, rsLoRA, all linear layers", "setup_s": round(time.perf_counter() - start, 1)}
+        "lora": f"rank 32, alpha 32, rsLoRA, all linear layers, {NUM_ADAPTERS} adapters",
+        "setup_s": round(time.perf_counter() - start, 1)}
     print(f"{result['device']}, torch {result['torch']}, transformers {result['transformers']}, "
           f"peft {result['peft']}, model and engine built in {result['setup_s']} s", flush=True)
     vocab = model.config.vocab_size
     # one step, so that the LoRA is not zero and sampling pays for it
     engine.finetune([(random_ids(64, vocab, torch.Generator().manual_seed(0)), [5] * 8)], FinetuneConfig())
     sections = {"sampling": lambda: bench_sampling(engine, args.tiny, vocab, args.num_cases),
+                "adapters": lambda: bench_adapters(engine, args.tiny, vocab),
                 "finetune": lambda: bench_finetune(engine, args.tiny, vocab),
                 "step_parts": lambda: bench_step_parts(engine, vocab),
                 "check": lambda: check_decoder(engine, args.tiny, vocab),

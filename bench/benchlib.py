@@ -204,21 +204,21 @@ class ProgramEngine:
         self.engine, self.pool = engine, programs()
         self.sample_stats, self.finetune_stats = [], []
 
-    def sample(self, prompts, cfg, seed: int = 0) -> SampleResult:
-        result = self.engine.sample(prompts, cfg, seed)
+    def sample(self, prompts, cfg, seed: int = 0, adapters=None) -> SampleResult:
+        result = self.engine.sample(prompts, cfg, seed, adapters)
         rng = random.Random(seed)
         completions = [[Completion(program_completion(rng.choice(self.pool)), c.num_tokens, c.finish_reason)
                         for c in cs] for cs in result.completions]
         self.sample_stats.append(result.stats)
         return SampleResult(completions, result.stats)
 
-    def finetune(self, examples, cfg, seed: int = 0):
-        stats = self.engine.finetune(examples, cfg, seed)
+    def finetune(self, examples, cfg, seed: int = 0, adapter: int = 0):
+        stats = self.engine.finetune(examples, cfg, seed, adapter)
         self.finetune_stats.append(stats)
         return stats
 
-    def reset(self) -> None:
-        self.engine.reset()
+    def reset(self, adapter: int | None = None) -> None:
+        self.engine.reset(adapter)
 
 
 def median_tasks(name: str, num: int) -> list[str]:

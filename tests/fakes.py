@@ -41,6 +41,7 @@ class ScriptedEngine:
 
     With a `clock`, each sample() call takes `sample_s` and each finetune() call `finetune_s` of its time.
     `failures` maps (method, call index) to an exception that call raises, e.g. {("finetune", 1): KeyboardInterrupt()}.
+    Adapters are only recorded: every adapter answers with the same scripts.
     """
     scripts: dict[int, list[str]]
     clock: FakeClock | None = None
@@ -50,12 +51,16 @@ class ScriptedEngine:
     sampled: list[int] = field(default_factory=list)       # prompts per sample() call
     prompts: list = field(default_factory=list)            # every prompt, in order
     finetuned: list[list] = field(default_factory=list)    # examples per finetune() call
+    sampled_adapters: list[list[int]] = field(default_factory=list)  # adapter per prompt, per sample() call
+    finetuned_adapters: list[int] = field(default_factory=list)      # adapter per finetune() call
+    reset_adapters: list[int | None] = field(default_factory=list)   # adapter per reset() call (None: all)
     num_resets: int = 0
     num_calls: dict[str, int] = field(default_factory=dict)  # method -> calls so far, failed ones included
 
-    def sample(self, prompts, cfg, seed=0) -> SampleResult:
+    def sample(self, prompts, cfg, seed=0, adapters=None) -> SampleResult:
         self._maybe_fail("sample")
         self.sampled.append(len(prompts))
+        self.sampled_adapters.append(list(adapters) if adapters is not None else [0] * len(prompts))
         self.prompts += prompts
         if self.clock is not None:
             self.clock.advance(self.sample_s)
@@ -67,14 +72,16 @@ class ScriptedEngine:
         stats = SampleStats(len(prompts), len(prompts) * cfg.num_samples, 1, 0, 0, 0, 0.0, 0.0, 0.0, 0.0, 0.0)
         return SampleResult(out, stats)
 
-    def finetune(self, examples, cfg, seed=0):
+    def finetune(self, examples, cfg, seed=0, adapter=0):
         self._maybe_fail("finetune")
         self.finetuned.append(list(examples))
+        self.finetuned_adapters.append(adapter)
         if self.clock is not None:
             self.clock.advance(self.finetune_s)
 
-    def reset(self):
+    def reset(self, adapter=None):
         self.num_resets += 1
+        self.reset_adapters.append(adapter)
 
     def _maybe_fail(self, method: str) -> None:
         index = self.num_calls.get(method, 0)

@@ -35,9 +35,13 @@ def test_the_engine_benchmark_runs_in_tiny_mode_and_its_paths_agree(capsys):
     result = load("bench_engine").main(["--tiny"])
     assert not result["errors"]
     assert all(row["output_tok_s"] > 0 for row in result["sampling"])
+    assert [row["calls"] for row in result["adapters"]] == [1, 1, 1, 3]  # mixed, merged, not merged, one by one
+    assert all(row["samples"] == 12 and row["output_tok_s"] > 0 and row["decode_ms_per_step"] > 0
+               for row in result["adapters"])
     assert all(row["checkpointed"] == "0/2" for row in result["finetune"])
     assert max(result["check"]["relative_error_per_step"]) < 1e-4  # float32: the fast path is exact
-    assert result["paths"]["identical"]
+    assert result["paths"]["identical"] and result["paths"]["adapters_differ"]
+    assert "cpu mixed" in result["paths"]["paths"]
     assert last_json_line(capsys)["bench"] == "engine"
 
 

@@ -1,4 +1,5 @@
-"""The engine: prompt rendering, special tokens, reset, adapters, batching under memory limits, loading."""
+"""The engine: prompt rendering, special tokens, reset, adapters (one or several), batching under memory limits,
+loading."""
 
 import json
 from dataclasses import replace
@@ -7,6 +8,7 @@ import pytest
 import torch
 from tiny_lm import COMPLETION, OTHER_PROMPT, PROMPT, one_thread, tiny_engine, tiny_llama, tokenizer  # noqa: F401
 
+from arcsl import decode_weights
 from arcsl.config import FinetuneConfig, ModelConfig, SamplingConfig
 from arcsl.engine import HFEngine, load_engine
 from arcsl.sampler import SharedPrefixDecoder
@@ -169,7 +171,176 @@ def test_load_engine_refuses_4bit_without_a_gpu():
     lambda: FinetuneConfig(max_seq_len=9000, max_tokens_per_micro_batch=8192),
     lambda: FinetuneConfig(learning_rate=0),
     lambda: ModelConfig(device="tpu"), lambda: ModelConfig(lora_rank=0), lambda: ModelConfig(lora_dropout=1.0),
+    lambda: ModelConfig(num_adapters=0),
 ])
 def test_configs_reject_bad_values(make):
     with pytest.raises(ValueError):
         make()
+
+
+# --- several adapters ---------------------------------------------------------------------------------
+
+SHORT = "```python\nprint('hello world')\n```"
+
+
+def adapter_params(engine, adapter: int) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in engine.finetuner.params[adapter]]
+
+
+def same(a: list[torch.Tensor], b: list[torch.Tensor]) -> bool:
+    return len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def three_adapters(tokenizer, **lora) -> HFEngine:
+    """Adapter 0 fresh, adapters 1 and 2 trained on different completions."""
+    engine = tiny_engine(tokenizer, num_adapters=3, **lora)
+    engine.finetune([(PROMPT, COMPLETION)] * 5, TRAIN, adapter=1)
+    engine.finetune([(PROMPT, SHORT), (OTHER_PROMPT, SHORT)] * 3, TRAIN, adapter=2)
+    return engine
+
+
+def alone(engine, prompts, adapters, cfg) -> list[list[str]]:
+    """Each prompt sampled in a call of its own, through its adapter alone."""
+    return [[c.text for c in engine.sample([p], cfg, adapters=[k]).completions[0]] for p, k in zip(prompts, adapters)]
+
+
+def test_num_adapters_gives_adapters_that_all_start_as_a_one_adapter_engine(tokenizer):
+    engine = tiny_engine(tokenizer, num_adapters=3)
+    single = tiny_engine(tokenizer)
+    assert len(engine.finetuner.params) == 3 and len(engine.finetuner.optimizers) == 3
+    assert all(same(adapter_params(engine, k), adapter_params(single, 0)) for k in range(3))
+    params = [{id(p) for p in ps} for ps in engine.finetuner.params]
+    assert not params[0] & params[1] and not params[1] & params[2]  # their own tensors, not shared ones
+    assert [[c.text for c in cs] for cs in engine.sample([PROMPT], GREEDY, adapters=[2]).completions] \
+        == greedy_texts(single)[:1]
+
+
+@pytest.mark.parametrize("merge", [True, False])
+def test_a_mixed_adapter_call_gives_each_prompt_the_greedy_texts_of_its_adapter_alone(tokenizer, merge):
+    engine = three_adapters(tokenizer)
+    prompts, adapters = [PROMPT, PROMPT, OTHER_PROMPT, PROMPT], [0, 1, 2, 2]
+    cfg = replace(GREEDY, merge_lora=merge)
+    expected = alone(engine, prompts, adapters, cfg)
+    assert len({texts[0] for texts in (expected[0], expected[1], expected[3])}) == 3  # the adapters differ
+    result = engine.sample(prompts, cfg, adapters=adapters)
+    assert engine.weights.is_mixed and result.stats.num_batches == 1  # one batch for all three adapters
+    assert [[c.text for c in cs] for cs in result.completions] == expected
+
+
+def test_a_mixed_call_reads_each_adapters_current_lora_and_refreshes_only_those_that_changed(tokenizer, monkeypatch):
+    engine = three_adapters(tokenizer)
+    prompts, adapters = [PROMPT, PROMPT, PROMPT], [0, 1, 2]
+    before = engine.sample(prompts, GREEDY, adapters=adapters).completions
+    engine.finetune([(PROMPT, COMPLETION)] * 3, TRAIN, adapter=2)  # adapter 2 now learns adapter 1's text
+    refreshed, stack = [], decode_weights._stack_factors
+
+    def recording(proj, adapter, *out):
+        refreshed.append(adapter)
+        stack(proj, adapter, *out)
+
+    monkeypatch.setattr(decode_weights, "_stack_factors", recording)
+    mixed = [[c.text for c in cs] for cs in engine.sample(prompts, GREEDY, adapters=adapters).completions]
+    assert set(refreshed) == {"slot2"}
+    assert mixed[2] != [c.text for c in before[2]]
+    assert mixed == alone(engine, prompts, adapters, replace(GREEDY, merge_lora=False))
+
+
+def test_adapters_in_one_state_sample_through_the_one_adapter_path(tokenizer):
+    engine = tiny_engine(tokenizer, num_adapters=2)
+    fresh = engine.sample([PROMPT, OTHER_PROMPT], GREEDY, adapters=[0, 1])
+    assert not engine.weights.is_mixed and not engine.weights.apply_lora  # fresh adapters add nothing
+    engine.finetune([(PROMPT, COMPLETION)] * 3, TRAIN, adapter=1)
+    engine.reset(1)
+    assert engine.sample([PROMPT, OTHER_PROMPT], GREEDY, adapters=[0, 1]).completions == fresh.completions
+    assert not engine.weights.is_mixed  # a reset adapter is back in the initial state, bit for bit
+
+
+def test_finetuning_one_adapter_leaves_the_others_unchanged(tokenizer):
+    engine = tiny_engine(tokenizer, num_adapters=3)
+    engine.finetune([(PROMPT, SHORT)] * 2, TRAIN, adapter=2)
+    before = [adapter_params(engine, k) for k in range(3)]
+    fresh_texts = engine.sample([PROMPT], GREEDY, adapters=[0]).completions
+    engine.finetune([(PROMPT, COMPLETION)] * 3, TRAIN, adapter=1)
+    assert same(adapter_params(engine, 0), before[0]) and same(adapter_params(engine, 2), before[2])
+    assert not same(adapter_params(engine, 1), before[1])
+    assert engine.sample([PROMPT], GREEDY, adapters=[0]).completions == fresh_texts
+
+
+def test_reset_of_one_adapter_resets_only_it_and_reset_without_one_resets_all(tokenizer):
+    engine = tiny_engine(tokenizer, num_adapters=2)
+    initial = adapter_params(engine, 0)
+    engine.finetune([(PROMPT, COMPLETION)] * 2, TRAIN, adapter=0)
+    engine.finetune([(PROMPT, SHORT)] * 2, TRAIN, adapter=1)
+    trained = adapter_params(engine, 0)
+    engine.reset(1)
+    assert same(adapter_params(engine, 1), initial) and same(adapter_params(engine, 0), trained)
+    assert not engine.finetuner.optimizers[1].state and engine.finetuner.optimizers[0].state
+    engine.finetune([(PROMPT, SHORT)] * 2, TRAIN, adapter=1)
+    engine.reset()
+    assert all(same(adapter_params(engine, k), initial) for k in range(2))
+    assert not any(o.state for o in engine.finetuner.optimizers)
+
+
+def test_each_adapter_has_its_own_optimizer_state_and_warm_up(tokenizer):
+    cfg = replace(TRAIN, warmup_steps=3)
+    first, second = [(PROMPT, COMPLETION)] * 2, [(OTHER_PROMPT, COMPLETION)] * 2
+    straight = tiny_engine(tokenizer, num_adapters=2)
+    straight.finetune(first, cfg, adapter=0)
+    expected = straight.finetune(second, cfg, adapter=0).losses
+    interleaved = tiny_engine(tokenizer, num_adapters=2)
+    interleaved.finetune(first, cfg, adapter=0)
+    interleaved.finetune([(PROMPT, SHORT)] * 3, cfg, adapter=1)  # between adapter 0's two calls
+    assert interleaved.finetune(second, cfg, adapter=0).losses == expected
+    assert same(adapter_params(interleaved, 0), adapter_params(straight, 0))
+    assert interleaved.finetuner.num_steps == [4, 3]
+
+
+def test_seeded_sampling_with_mixed_adapters_is_reproducible(tokenizer):
+    engine = three_adapters(tokenizer)
+    cfg = SamplingConfig(num_samples=3, temperature=1.0, max_new_tokens=20, stop_at_code_end=False)
+
+    def run(seed):
+        return [[c.text for c in cs] for cs in engine.sample([PROMPT, OTHER_PROMPT], cfg, seed, [1, 2]).completions]
+
+    assert run(5) == run(5) != run(6)
+
+
+def test_an_adapter_saved_from_one_slot_loads_into_another(tokenizer, tmp_path):
+    engine = three_adapters(tokenizer)
+    engine.save_adapter(tmp_path, adapter=2)
+    assert json.loads((tmp_path / "adapter_config.json").read_text())["r"] == 8
+    assert (tmp_path / "adapter_model.safetensors").is_file() and not any(p.is_dir() for p in tmp_path.iterdir())
+    other = tiny_engine(tokenizer, num_adapters=2)
+    other.load_adapter(tmp_path, adapter=1)
+    expected = engine.sample([PROMPT, OTHER_PROMPT], GREEDY, adapters=[2, 2]).completions
+    assert other.sample([PROMPT, OTHER_PROMPT], GREEDY, adapters=[1, 1]).completions == expected
+    assert same(adapter_params(other, 0), adapter_params(tiny_engine(tokenizer), 0))  # adapter 0 untouched
+
+
+def test_without_the_fast_path_a_mixed_call_samples_each_prompt_with_its_adapter(tokenizer):
+    engine = three_adapters(tokenizer, use_dora=True)
+    assert not engine.is_fast
+    prompts, adapters = [PROMPT, PROMPT, PROMPT], [0, 1, 2]
+    expected = alone(engine, prompts, adapters, GREEDY)
+    assert len({texts[0] for texts in expected}) == 3
+    assert [[c.text for c in cs] for cs in engine.sample(prompts, GREEDY, adapters=adapters).completions] == expected
+
+
+@pytest.mark.parametrize("call", [
+    lambda e, path: e.sample([PROMPT, PROMPT], GREEDY, adapters=[0, 2]),
+    lambda e, path: e.sample([PROMPT], GREEDY, adapters=[-1]),
+    lambda e, path: e.finetune([(PROMPT, SHORT)], TRAIN, adapter=2),
+    lambda e, path: e.reset(7),
+    lambda e, path: e.save_adapter(path, adapter=2),
+    lambda e, path: e.load_adapter(path, adapter=-1),
+])
+def test_a_bad_adapter_index_is_a_value_error_naming_it_and_num_adapters(tokenizer, tmp_path, call):
+    engine = tiny_engine(tokenizer, num_adapters=2)
+    with pytest.raises(ValueError, match=r"adapter (2|-1|7) does not exist: this engine has num_adapters=2"):
+        call(engine, tmp_path)
+
+
+def test_adapters_must_give_one_adapter_per_prompt(tokenizer):
+    engine = tiny_engine(tokenizer, num_adapters=2)
+    with pytest.raises(ValueError, match="adapters has 1 entries for 2 prompts"):
+        engine.sample([PROMPT, OTHER_PROMPT], GREEDY, adapters=[1])

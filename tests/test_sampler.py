@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from tiny_lm import OTHER_PROMPT, PROMPT, one_thread, tiny_engine, tokenizer  # noqa: F401 (fixtures)
+from tiny_lm import COMPLETION, OTHER_PROMPT, PROMPT, one_thread, tiny_engine, tokenizer  # noqa: F401 (fixtures)
 
-from arcsl.config import SamplingConfig
+from arcsl.config import FinetuneConfig, SamplingConfig
 from arcsl.sampler import (CHECK_EVERY, EAGER_OPS, CacheDecoder, SharedPrefixDecoder, code_block_end, compiled_ops,
                            generate, pick_tokens)
 
@@ -121,9 +121,9 @@ def test_decoding_ends_once_every_sample_has_stopped(tokenizer):
     assert decoder.num_steps < CHECK_EVERY  # not 499: the batch stops at the first check after all ended
 
 
-def greedy_tokens(engine, ops, prompts, rows_per_prompt=2, steps=24):
+def greedy_tokens(engine, ops, prompts, rows_per_prompt=2, steps=24, adapters=None):
     decoder = SharedPrefixDecoder(engine.weights, len(prompts), rows_per_prompt, steps - 1, False, ops)
-    decoder.load([engine.encode_prompt(p) for p in prompts])
+    decoder.load([engine.encode_prompt(p) for p in prompts], adapters)
     cfg = SamplingConfig(max_new_tokens=steps, temperature=0, stop_at_code_end=False)
     return [r.tokens for r in generate(decoder, decoder.prefill(), cfg, [], None, None)]
 
@@ -135,3 +135,14 @@ def test_the_compiled_decode_step_gives_the_eager_tokens(tokenizer):
     engine = tiny_engine(tokenizer)
     prompts = [PROMPT, OTHER_PROMPT]
     assert greedy_tokens(engine, compiled_ops("eager"), prompts) == greedy_tokens(engine, EAGER_OPS, prompts)
+
+
+def test_the_compiled_decode_step_gives_the_eager_tokens_with_mixed_adapters(tokenizer):
+    engine = tiny_engine(tokenizer, num_adapters=2)
+    engine.finetune([(PROMPT, COMPLETION)] * 3, FinetuneConfig(learning_rate=3e-3, max_seq_len=256,
+                                                               max_tokens_per_micro_batch=256), adapter=1)
+    engine.weights.prepare_mixed({0: engine.lora_versions[0], 1: engine.lora_versions[1]})
+    prompts, adapters = [PROMPT, PROMPT], [0, 1]
+    eager = greedy_tokens(engine, EAGER_OPS, prompts, adapters=adapters)
+    assert eager[0] != eager[2]  # rows 0-1 read adapter 0, rows 2-3 adapter 1: their tokens differ
+    assert greedy_tokens(engine, compiled_ops("eager"), prompts, adapters=adapters) == eager

@@ -61,17 +61,17 @@ class ProgramWriter:
     def __init__(self, engine):
         self.engine, self.num_finetunes = engine, 0
 
-    def sample(self, prompts, cfg, seed=0):
-        result = self.engine.sample(prompts, cfg, seed)
+    def sample(self, prompts, cfg, seed=0, adapters=None):
+        result = self.engine.sample(prompts, cfg, seed, adapters)
         return replace(result, completions=[[replace(c, text=IDENTITY + c.text) for c in cs]
                                             for cs in result.completions])
 
-    def finetune(self, examples, cfg, seed=0):
+    def finetune(self, examples, cfg, seed=0, adapter=0):
         self.num_finetunes += 1
-        return self.engine.finetune(examples, cfg, seed)
+        return self.engine.finetune(examples, cfg, seed, adapter)
 
-    def reset(self):
-        self.engine.reset()
+    def reset(self, adapter=None):
+        self.engine.reset(adapter)
 
 
 def test_seed_makes_a_cpu_run_exactly_reproducible(model_dir, tmp_path, monkeypatch):
