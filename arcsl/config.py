@@ -204,8 +204,14 @@ class LoopConfig:
         "help": "view colour permutation: none, keep-background (0 stays black) or all"})
     augment_train_order: bool = field(default=True, metadata={"help": "views shuffle the order of the train pairs"})
     seed: int = field(default=0, metadata={"help": "seed of views, sampling and fine-tuning: a CPU run is exactly reproducible"})
+    tasks_in_flight: int = field(default=1, metadata={
+        "help": "tasks searched together in lockstep rounds, each learning in its own LoRA adapter (the engine is "
+                "loaded with that many): a round's sampling for all of them is one engine call, and a task that "
+                "stops hands its adapter to the next task at once; 1 = one task at a time"})
 
     def __post_init__(self):
+        if self.tasks_in_flight < 1:
+            raise ValueError(f"tasks_in_flight must be >= 1, got {self.tasks_in_flight}")
         if self.samples_per_view < 1:
             raise ValueError(f"samples_per_view must be >= 1, got {self.samples_per_view}")
         for name in ("initial_predictions", "predictions_per_round"):

@@ -94,6 +94,7 @@ class Engine(Protocol):
     An engine holds one or more LoRA adapters, numbered from 0, all starting from the same values; each is
     trained and reset on its own (one per task, when several tasks are searched together).
     """
+    num_adapters: int
 
     def sample(self, prompts: Sequence[Prompt], cfg: SamplingConfig, seed: int = 0,
                adapters: Sequence[int] | None = None) -> SampleResult:

@@ -3,6 +3,8 @@
 Examples:
     python bench/bench_rounds.py                                                  # tiny model on CPU, seconds
     PYTHONUNBUFFERED=1 python bench/bench_rounds.py --arch llama-3.1-8b --out $OUT/rounds.json   # GPU, ~8 min
+    PYTHONUNBUFFERED=1 python bench/bench_rounds.py --arch llama-3.1-8b --num-tasks 8 --tasks-in-flight 4 \
+        --out $OUT/rounds_k4.json   # 8 tasks, 4 at a time
 
 Each configuration runs `arcsl.solve.solve` (the whole loop: views, sampling, sandbox execution, scoring,
 relabelling, fine-tuning, reset, the results store, submission and reports) on the same ARC-AGI-1
@@ -12,7 +14,9 @@ random weights, so it writes garbage: every sample is generated to exactly --max
 (SamplingConfig.ignore_eos, benchmarks only), and then its text is replaced by a BARC-style program
 (benchlib.ProgramEngine), so that execution, relabelling and fine-tuning get realistic work. Prompts are
 tokenised by benchlib's code tokenizer (~1 token per grid cell, like Llama-3's). The per-task wall time is
-the sum of the loop's own phase timings; the per-round breakdown is their mean over the tasks.
+the sum of the loop's own phase timings; the per-round breakdown is their mean over the tasks. With
+--tasks-in-flight K, K tasks share each round (one sampling call, one LoRA adapter each): a task's timings
+are its own phases plus 1/K of the shared ones, so per-task times are shares of the wall time.
 A warm-up (compilation, first CUDA graphs) runs before the first configuration. Prints tables, one JSON line.
 """
 
@@ -44,12 +48,13 @@ def solve_config(args, rounds: int, task_ids: list[str], output_dir: Path) -> So
     per_search = args.predictions // (rounds + 1)
     return SolveConfig(
         data=DataConfig(dataset=DATASET, task_ids=task_ids),
-        model=ModelConfig(model=f"random {args.arch}", lora_rank=args.lora_rank, lora_alpha=32),
+        model=ModelConfig(model=f"random {args.arch}", lora_rank=args.lora_rank, lora_alpha=32,
+                          num_adapters=args.tasks_in_flight),
         sampling=SamplingConfig(max_new_tokens=args.max_new_tokens, ignore_eos=True),
         finetune=FinetuneConfig(),
         relabel=RelabelConfig(max_examples=args.train_examples // rounds),
         loop=LoopConfig(initial_predictions=per_search, predictions_per_round=per_search, max_rounds=rounds,
-                        samples_per_view=args.samples_per_view, stop="never"),
+                        samples_per_view=args.samples_per_view, stop="never", tasks_in_flight=args.tasks_in_flight),
         sandbox=SandboxConfig(),
         run=RunConfig(output_dir=str(output_dir), progress=False))
 
@@ -115,6 +120,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--samples-per-view", type=int, default=None, help="default: 2 tiny, 8")
     parser.add_argument("--train-examples", type=int, default=None, help="per task, all rounds; default: 2 tiny, 21")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="per sample; default: 8 tiny, 400")
+    parser.add_argument("--tasks-in-flight", type=int, default=1,
+                        help="tasks searched together, one LoRA adapter each (LoopConfig.tasks_in_flight)")
     parser.add_argument("--work-dir", default=None, help="where the runs' output directories go (default: a temp dir)")
     parser.add_argument("--out", default=None, help="also write the JSON result to this file")
     args = parser.parse_args(argv)
@@ -130,13 +137,14 @@ def main(argv: list[str] | None = None) -> dict:
     tokenizer = code_tokenizer(tiny=tiny)
     model = build_model(args.arch, device, len(tokenizer) if tiny else None)
     args.lora_rank = 8 if tiny else 32
-    engine = HFEngine(model, tokenizer, ModelConfig(model=args.arch, lora_rank=args.lora_rank, lora_alpha=32))
+    engine = HFEngine(model, tokenizer, ModelConfig(model=args.arch, lora_rank=args.lora_rank, lora_alpha=32,
+                                                    num_adapters=args.tasks_in_flight))
     task_ids = median_tasks(DATASET, args.num_tasks)
     result = header("rounds", device, argv) | {
         "model": f"{args.arch}, random weights", "tasks": task_ids,
         "prompt_tokens": {t.id: len(engine.encode_prompt(barc_prompt(t)))
                           for t in dataset(DATASET) if t.id in task_ids},
-        "settings": {k: getattr(args, k) for k in defaults}}
+        "settings": {k: getattr(args, k) for k in [*defaults, "tasks_in_flight"]}}
     result["warm_up_s"] = round(warm_up(engine, args), 1)
     work_dir = Path(args.work_dir or tempfile.mkdtemp(prefix="arcsl_rounds_"))
     programs = ProgramEngine(engine)

@@ -202,6 +202,7 @@ class ProgramEngine:
 
     def __init__(self, engine):
         self.engine, self.pool = engine, programs()
+        self.num_adapters = engine.num_adapters
         self.sample_stats, self.finetune_stats = [], []
 
     def sample(self, prompts, cfg, seed: int = 0, adapters=None) -> SampleResult:

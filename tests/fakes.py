@@ -48,6 +48,7 @@ class ScriptedEngine:
     sample_s: float = 0.0
     finetune_s: float = 0.0
     failures: dict[tuple[str, int], BaseException] = field(default_factory=dict)
+    num_adapters: int = 1
     sampled: list[int] = field(default_factory=list)       # prompts per sample() call
     prompts: list = field(default_factory=list)            # every prompt, in order
     finetuned: list[list] = field(default_factory=list)    # examples per finetune() call

@@ -66,3 +66,13 @@ def test_the_rounds_benchmark_runs_in_tiny_mode(tmp_path, capsys):
     assert [c["examples_trained"] for c in result["configs"]] == [2, 2]  # equal training across configurations
     assert all(c["output_tokens"] == 12 * 8 for c in result["configs"])  # 12 predictions x 8 tokens each
     assert last_json_line(capsys)["bench"] == "rounds"
+
+
+def test_the_rounds_benchmark_runs_with_two_tasks_in_flight(tmp_path, capsys):
+    result = load("bench_rounds").main(["--work-dir", str(tmp_path), "--num-tasks", "2", "--rounds", "1",
+                                        "--tasks-in-flight", "2"])
+    assert result["settings"]["tasks_in_flight"] == 2
+    [config] = result["configs"]
+    assert len(config["task_s"]) == 2 and config["examples_trained"] == 2 * 2
+    assert config["output_tokens"] == 2 * 12 * 8
+    assert last_json_line(capsys)["bench"] == "rounds"

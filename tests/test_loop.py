@@ -7,12 +7,14 @@ import numpy as np
 import pytest
 
 import arcsl.loop
-from arcsl.config import FinetuneConfig, LoopConfig, RelabelConfig, SamplingConfig, SandboxConfig
+from arcsl.config import (DataConfig, FinetuneConfig, LoopConfig, RelabelConfig, RunConfig, SamplingConfig,
+                          SandboxConfig, SolveConfig)
 from arcsl.engine import ChatPrompt
 from arcsl.grids import load_tasks, select_tasks
 from arcsl.loop import LoopSettings, search_and_learn
 from arcsl.prompting import PROMPT_FORMATS
 from arcsl.sandbox import SandboxPool
+from arcsl.solve import solve
 from fakes import CRASH, IDENTITY, NO_CODE, ROTATE_180, ROTATE_180_LONG, SCALE_2, FakeClock, ScriptedEngine
 
 TASK_IDS = ["c59eb873", "3c9b0459"]  # scale x2 (3 train pairs), rotate 180 (4 train pairs): both dihedral-equivariant
@@ -214,9 +216,20 @@ def test_seed_chooses_the_views_and_the_samples_and_the_same_seed_repeats_them(t
     assert run(0) != run(1)
 
 
+def test_tasks_in_flight_search_that_many_tasks_in_one_sampling_call_each_in_its_own_adapter(tmp_path):
+    engine = ScriptedEngine({3: [IDENTITY], 4: [IDENTITY]}, num_adapters=2)
+    loop = LoopConfig(initial_predictions=8, predictions_per_round=8, max_rounds=1, samples_per_view=4, stop="never",
+                      tasks_in_flight=2)
+    solve(SolveConfig(data=DataConfig(dataset="arc-agi-1/training", task_ids=TASK_IDS), loop=loop,
+                      sandbox=SandboxConfig(num_workers=2, timeout_s=2.0),
+                      run=RunConfig(output_dir=str(tmp_path), progress=False)), engine=engine)
+    assert engine.sampled_adapters == [[0, 0, 1, 1], [0, 0, 1, 1]]  # a round: both tasks' 2 views, in one call
+    assert engine.reset_adapters == [0, 1] and engine.finetuned_adapters == [0, 1]
+
+
 @pytest.mark.parametrize("bad", [dict(samples_per_view=0), dict(initial_predictions=6), dict(predictions_per_round=0),
                                  dict(max_rounds=-1), dict(stop="sometimes"), dict(augment_colors="some"),
-                                 dict(task_time_s=0), dict(prompt_format="chatml")])
+                                 dict(task_time_s=0), dict(prompt_format="chatml"), dict(tasks_in_flight=0)])
 def test_bad_loop_settings_are_refused_with_the_settings_name(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         LoopConfig(**bad)
@@ -239,6 +252,7 @@ SETTING_TESTS = {  # LoopConfig field -> the test that shows it does what its he
     "augment_colors": test_augment_colors_permutes_no_colour_all_but_black_or_all,
     "augment_train_order": test_augment_train_order_shuffles_the_train_pairs_or_not,
     "seed": test_seed_chooses_the_views_and_the_samples_and_the_same_seed_repeats_them,
+    "tasks_in_flight": test_tasks_in_flight_search_that_many_tasks_in_one_sampling_call_each_in_its_own_adapter,
 }
 
 

@@ -16,7 +16,7 @@ import arcsl.solve
 from arcsl.cli import main
 from arcsl.config import DataConfig, LoopConfig, RunConfig, SandboxConfig, SolveConfig
 from arcsl.grids import load_tasks, select_tasks, task_to_json
-from arcsl.loop import PhaseEvent, RoundStats, search_and_learn
+from arcsl.loop import PhaseEvent, RoundStats, search_and_learn, start_run
 from arcsl.selection import prediction_grids, select_attempts
 from arcsl.solve import DeadlinePlanner, progress_text, solve
 from arcsl.store import open_store
@@ -50,10 +50,10 @@ def config(tmp_path, dataset: str = "arc-agi-1/training", sort: str = "none", lo
                        run=RunConfig(**(dict(output_dir=str(tmp_path / "run"), progress=False) | run)))
 
 
-def rounds_per_task(tmp_path) -> dict[str, int]:
+def rounds_per_task(tmp_path, task_ids: list[str] = TASK_IDS) -> dict[str, int]:
     with open_store(tmp_path / "run" / "results.sqlite", resume=True) as store:
         timings = store.phase_timings()
-    return {task_id: 1 + max((t.round for t in timings if t.task_id == task_id), default=-1) for task_id in TASK_IDS}
+    return {task_id: 1 + max((t.round for t in timings if t.task_id == task_id), default=-1) for task_id in task_ids}
 
 
 def submission(tmp_path, tasks) -> dict:
@@ -256,6 +256,134 @@ def test_deadline_s_shares_the_run_time_and_the_submission_is_always_complete(
     if rounds[1] == 0:  # never reached: the documented fallback
         fallback = prediction_grids(select_attempts(tasks[1], []))
         assert answers["3c9b0459"] == [{"attempt_1": fallback[0][0].tolist(), "attempt_2": fallback[0][1].tolist()}]
+
+
+# --- tasks in flight ----------------------------------------------------------------------------
+
+# solved at once by the scripts: c59eb873 (SCALE_2), 3c9b0459 and 6150a2bd (ROTATE_180); never: 74dd1130, a416b8f3
+FIVE_IDS = ["c59eb873", "74dd1130", "6150a2bd", "3c9b0459", "a416b8f3"]
+FIVE_SCRIPTS = SCRIPTS | {2: [ROTATE_180, IDENTITY]}  # with 4 samples per view, every view gets every script
+
+
+@pytest.fixture(scope="module")
+def five_dataset(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("five")
+    for t in select_tasks(load_tasks("arc-agi-1/training").tasks, FIVE_IDS):
+        (path / f"{t.id}.json").write_text(json.dumps(task_to_json(t)))
+    return str(path)
+
+
+def in_flight_config(tmp_path, dataset: str, task_ids: list[str], tasks_in_flight: int, run: dict | None = None,
+                     **loop) -> SolveConfig:
+    cfg = config(tmp_path, dataset, loop=dict(tasks_in_flight=tasks_in_flight) | loop, **(run or {}))
+    return dataclasses.replace(cfg, data=DataConfig(dataset=dataset, task_ids=task_ids))
+
+
+def stored_results(tmp_path) -> dict[str, tuple]:
+    """Every task's scores (rounded: their sums follow the order of the attempts) and attempts (as sortable
+    texts, without timings: the order of a view's samples follows the sampling call's seed)."""
+    with open_store(tmp_path / "run" / "results.sqlite", resume=True) as store:
+        scores = {s.task_id: {k: round(v, 12) if isinstance(v, float) else v for k, v in dataclasses.asdict(s).items()}
+                  for s in store.task_scores()}
+        return {task_id: (scores[task_id], sorted(repr((a.round, a.augmentation, a.prompt_hash, a.response, a.program,
+                                                        a.error, a.scores)) for a in store.attempts(task_id)))
+                for task_id in FIVE_IDS}
+
+
+@pytest.mark.parametrize("tasks_in_flight", [2, 3])
+def test_a_task_in_flight_gets_the_attempts_it_gets_alone(tmp_path, five_dataset, tasks_in_flight):
+    alone = solve(in_flight_config(tmp_path / "alone", five_dataset, FIVE_IDS, 1, stop="one-solution", max_rounds=2),
+                  engine=ScriptedEngine(FIVE_SCRIPTS))
+    engine = ScriptedEngine(FIVE_SCRIPTS, num_adapters=tasks_in_flight)
+    together = solve(in_flight_config(tmp_path / "together", five_dataset, FIVE_IDS, tasks_in_flight,
+                                      stop="one-solution", max_rounds=2), engine=engine)
+    assert stored_results(tmp_path / "together") == stored_results(tmp_path / "alone")
+    assert alone.num_finished == together.num_finished == 5
+    assert (tmp_path / "together" / "run" / "submission.json").read_text() == \
+        (tmp_path / "alone" / "run" / "submission.json").read_text()
+    assert max(len(a) for a in engine.sampled_adapters) > 2  # tasks did share sampling calls
+
+
+def test_a_task_that_stops_hands_its_slot_to_the_next_task_at_once(tmp_path, five_dataset):
+    engine = ScriptedEngine(FIVE_SCRIPTS, num_adapters=2)
+    solve(in_flight_config(tmp_path, five_dataset, FIVE_IDS[:3], 2, stop="one-solution", max_rounds=2), engine=engine)
+    # c59eb873 (slot 0) is solved in round 0; 6150a2bd takes slot 0 for its round 0 beside 74dd1130's round 1
+    assert engine.sampled_adapters == [[0, 0, 1, 1], [1, 1, 0, 0], [1, 1]]
+    assert engine.reset_adapters == [0, 1, 0] and set(engine.finetuned_adapters) == {1}
+    assert rounds_per_task(tmp_path, FIVE_IDS[:3]) == {"c59eb873": 1, "74dd1130": 3, "6150a2bd": 1}
+
+
+def test_resume_starts_the_interrupted_tasks_in_flight_over(tmp_path, dataset, tasks):
+    killed = ScriptedEngine(SCRIPTS, num_adapters=2, failures={("finetune", 1): KeyboardInterrupt()})  # round 1
+    with pytest.raises(KeyboardInterrupt):
+        solve(config(tmp_path, dataset, loop=dict(tasks_in_flight=2)), engine=killed)
+    with open_store(tmp_path / "run" / "results.sqlite", resume=True) as store:
+        assert [store.task_status(t) for t in TASK_IDS] == ["running", "running"]
+        assert [len(store.attempts(t)) for t in TASK_IDS] == [8, 8]
+    submission(tmp_path, tasks)
+    engine = ScriptedEngine(SCRIPTS, num_adapters=2)
+    summary = solve(config(tmp_path, dataset, resume=True, loop=dict(tasks_in_flight=2)), engine=engine)
+    assert summary.num_skipped == 0 and summary.num_finished == 2 and engine.reset_adapters == [0, 1]
+    with open_store(tmp_path / "run" / "results.sqlite", resume=True) as store:
+        assert [len(store.attempts(t)) for t in TASK_IDS] == [16, 16] and store.finished_task_ids() == set(TASK_IDS)
+
+
+def test_a_failed_round_fails_its_tasks_in_flight_and_the_next_tasks_go_on(tmp_path, five_dataset, capsys):
+    engine = ScriptedEngine(FIVE_SCRIPTS, num_adapters=2, failures={("sample", 0): RuntimeError("GPU fell off")})
+    summary = solve(in_flight_config(tmp_path, five_dataset, FIVE_IDS[:3], 2, max_rounds=0), engine=engine)
+    assert capsys.readouterr().err.count("failed: RuntimeError") == 2 and summary.num_finished == 1
+    with open_store(tmp_path / "run" / "results.sqlite", resume=True) as store:
+        assert store.finished_task_ids() == {"6150a2bd"}
+
+
+def test_an_engine_with_fewer_adapters_than_tasks_in_flight_is_refused(tmp_path, dataset):
+    with pytest.raises(ValueError, match="tasks-in-flight 3 .* num_adapters >= 3; .* num_adapters=2"):
+        solve(config(tmp_path, dataset, loop=dict(tasks_in_flight=3)), engine=ScriptedEngine(SCRIPTS, num_adapters=2))
+
+
+def test_tasks_in_flight_share_each_rounds_time_so_their_timings_add_up_to_the_wall_time(tmp_path, dataset, clock):
+    started = clock.now
+    engine = ScriptedEngine(SCRIPTS, clock=clock, sample_s=100.0, finetune_s=10.0, num_adapters=2)
+    solve(config(tmp_path, dataset, loop=dict(tasks_in_flight=2, max_rounds=1, stop="never")), engine=engine)
+    with open_store(tmp_path / "run" / "results.sqlite", resume=True) as store:
+        timings = store.phase_timings()
+    assert clock.now - started == 2 * 100.0 + 2 * 10.0  # two shared rounds, a fine-tuning each in round 1
+    assert sum(t.seconds for t in timings) == clock.now - started
+    by = {(t.task_id, t.round, t.phase): t.seconds for t in timings}
+    assert all(by[task_id, r, "sampling"] == 50.0 for task_id in TASK_IDS for r in (0, 1))  # half of each call
+    assert all(by[task_id, 1, "finetuning"] == 10.0 for task_id in TASK_IDS)  # its own
+
+
+def test_progress_shows_every_task_in_flight(tmp_path, dataset, capsys):
+    solve(config(tmp_path, dataset, progress=True, loop=dict(tasks_in_flight=2)),
+          engine=ScriptedEngine(SCRIPTS, num_adapters=2))
+    shown = capsys.readouterr().err
+    assert "2/2" in shown and "c59eb873 round 1 execution best train 1.00 | 3c9b0459 round 1 execution" in shown
+
+
+@pytest.mark.parametrize("deadline_s, rounds, max_rounds", [
+    (10_000.0, [4, 4, 4], [3, 3, 3]),  # time for everything: the third task runs alone after the first two
+    (350.0, [2, 2, 1], [3, 3, 0]),     # the first two stop before a round that would eat the third's search,
+                                       # which gets search only
+    (150.0, [1, 1, 0], [3, 3]),        # the first two search once; the third is never started
+])
+def test_the_deadline_holds_with_tasks_in_flight(tmp_path, five_dataset, clock, monkeypatch, deadline_s, rounds,
+                                                 max_rounds):
+    given = []  # max_rounds each task was given
+
+    def spy(task, settings, *args, **kwargs):
+        given.append(settings.loop.max_rounds)
+        return start_run(task, settings, *args, **kwargs)
+
+    monkeypatch.setattr(arcsl.solve, "start_run", spy)
+    started = clock.now
+    engine = ScriptedEngine(FIVE_SCRIPTS, clock=clock, sample_s=100.0, num_adapters=2)  # a round: 100 s
+    task_ids = ["c59eb873", "3c9b0459", "74dd1130"]
+    summary = solve(in_flight_config(tmp_path, five_dataset, task_ids, 2, max_rounds=3, stop="never",
+                                     run=dict(deadline_s=deadline_s, deadline_margin_s=0.0)), engine=engine)
+    assert list(rounds_per_task(tmp_path, task_ids).values()) == rounds and given == max_rounds
+    assert clock.now - started <= deadline_s
+    assert summary.num_finished == sum(r > 0 for r in rounds)
 
 
 def test_every_flag_the_readme_names_for_solve_exists(capsys):

@@ -60,29 +60,39 @@ class ProgramWriter:
 
     def __init__(self, engine):
         self.engine, self.num_finetunes = engine, 0
+        self.num_adapters = engine.num_adapters
+        self.sampled_adapters, self.finetuned_adapters = [], []  # per call
 
     def sample(self, prompts, cfg, seed=0, adapters=None):
+        self.sampled_adapters.append(adapters)
         result = self.engine.sample(prompts, cfg, seed, adapters)
         return replace(result, completions=[[replace(c, text=IDENTITY + c.text) for c in cs]
                                             for cs in result.completions])
 
     def finetune(self, examples, cfg, seed=0, adapter=0):
         self.num_finetunes += 1
+        self.finetuned_adapters.append(adapter)
         return self.engine.finetune(examples, cfg, seed, adapter)
 
     def reset(self, adapter=None):
         self.engine.reset(adapter)
 
 
-def test_seed_makes_a_cpu_run_exactly_reproducible(model_dir, tmp_path, monkeypatch):
-    engines = []
+@pytest.fixture
+def engines(monkeypatch) -> list[ProgramWriter]:
+    """The engines `arcsl solve` loads, each wrapped in a ProgramWriter, as they are loaded."""
+    loaded = []
 
     def load_engine(cfg):
-        engines.append(ProgramWriter(load_real_engine(cfg)))
-        return engines[-1]
+        loaded.append(ProgramWriter(load_real_engine(cfg)))
+        return loaded[-1]
 
     load_real_engine = arcsl.engine.load_engine
     monkeypatch.setattr(arcsl.engine, "load_engine", load_engine)
+    return loaded
+
+
+def test_seed_makes_a_cpu_run_exactly_reproducible(model_dir, tmp_path, engines):
 
     def attempts(name: str, seed: int) -> list[dict]:
         assert main(solve_args(model_dir, tmp_path / name, 1, 1, "--seed", str(seed))) == 0
@@ -92,3 +102,18 @@ def test_seed_makes_a_cpu_run_exactly_reproducible(model_dir, tmp_path, monkeypa
     first = attempts("first", seed=0)
     assert engines[0].num_finetunes == 1 and {row["round"] for row in first} == {0, 1}
     assert attempts("again", seed=0) == first  # views, samples, fine-tuning and the samples after it
+
+
+def test_two_tasks_in_flight_share_each_sampling_call_of_a_tiny_model_with_two_adapters(model_dir, tmp_path,
+                                                                                        engines):
+    out = tmp_path / "run"
+    assert main(solve_args(model_dir, out, 3, 1, "--tasks-in-flight", "2")) == 0
+    [engine] = engines
+    assert engine.num_adapters == 2 and sorted(engine.finetuned_adapters) == [0, 0, 1]
+    # both tasks' rounds 0 and 1 in two calls, then the third task alone in its slot
+    assert [sorted(set(a)) for a in engine.sampled_adapters] == [[0, 1], [0, 1], [0], [0]]
+    tasks = select_tasks(load_tasks("arc-agi-1/training").tasks, sort="small-first", limit=3)
+    submission = json.loads((out / "submission.json").read_text())
+    assert submission_problems(submission, tasks, "submission.json") == []
+    with open_store(out / "results.sqlite", resume=True) as store:
+        assert store.finished_task_ids() == {t.id for t in tasks} and store.num_attempts() == 3 * (4 + 4)
