@@ -5,6 +5,8 @@ Examples:
     PYTHONUNBUFFERED=1 python bench/bench_rounds.py --arch llama-3.1-8b --out $OUT/rounds.json   # GPU, ~8 min
     PYTHONUNBUFFERED=1 python bench/bench_rounds.py --arch llama-3.1-8b --num-tasks 8 --tasks-in-flight 4 \
         --out $OUT/rounds_k4.json   # 8 tasks, 4 at a time
+    PYTHONUNBUFFERED=1 python bench/bench_rounds.py --arch llama-3.1-8b --num-tasks 8 --tasks-in-flight 0 \
+        --out $OUT/rounds_rows.json  # rounds + 1 tasks at a time: 128 rows per decode step in every configuration
 
 Each configuration runs `arcsl.solve.solve` (the whole loop: views, sampling, sandbox execution, scoring,
 relabelling, fine-tuning, reset, the results store, submission and reports) on the same ARC-AGI-1
@@ -44,17 +46,24 @@ from arcsl.store import open_store
 DATASET = "arc-agi-1/evaluation"
 
 
+def tasks_in_flight(args, rounds: int) -> int:
+    """K for a configuration: --tasks-in-flight, or with 0, rounds + 1 (at most the tasks there are), so
+    that every configuration's searches decode the same number of rows: K x predictions / (rounds + 1)."""
+    return args.tasks_in_flight or min(args.num_tasks, rounds + 1)
+
+
 def solve_config(args, rounds: int, task_ids: list[str], output_dir: Path) -> SolveConfig:
     per_search = args.predictions // (rounds + 1)
+    in_flight = tasks_in_flight(args, rounds)
     return SolveConfig(
         data=DataConfig(dataset=DATASET, task_ids=task_ids),
         model=ModelConfig(model=f"random {args.arch}", lora_rank=args.lora_rank, lora_alpha=32,
-                          num_adapters=args.tasks_in_flight),
+                          num_adapters=in_flight),
         sampling=SamplingConfig(max_new_tokens=args.max_new_tokens, ignore_eos=True),
         finetune=FinetuneConfig(),
         relabel=RelabelConfig(max_examples=args.train_examples // rounds),
         loop=LoopConfig(initial_predictions=per_search, predictions_per_round=per_search, max_rounds=rounds,
-                        samples_per_view=args.samples_per_view, stop="never", tasks_in_flight=args.tasks_in_flight),
+                        samples_per_view=args.samples_per_view, stop="never", tasks_in_flight=in_flight),
         sandbox=SandboxConfig(),
         run=RunConfig(output_dir=str(output_dir), progress=False))
 
@@ -97,7 +106,8 @@ def measure(args, rounds: int, task_ids: list[str], engine: ProgramEngine, work_
     for t in timings:
         per_task[t.task_id] += t.seconds
         per_round[t.round][t.phase] += t.seconds / len(task_ids)
-    return {"rounds": rounds, "predictions_per_search": args.predictions // (rounds + 1),
+    return {"rounds": rounds, "tasks_in_flight": tasks_in_flight(args, rounds),
+            "predictions_per_search": args.predictions // (rounds + 1),
             "train_examples_per_round": args.train_examples // rounds,
             "examples_trained": sum(s.num_examples for s in engine.finetune_stats),
             "task_s": {k: round(v, 2) for k, v in per_task.items()},
@@ -121,7 +131,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--train-examples", type=int, default=None, help="per task, all rounds; default: 2 tiny, 21")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="per sample; default: 8 tiny, 400")
     parser.add_argument("--tasks-in-flight", type=int, default=1,
-                        help="tasks searched together, one LoRA adapter each (LoopConfig.tasks_in_flight)")
+                        help="tasks searched together, one LoRA adapter each (LoopConfig.tasks_in_flight); "
+                             "0 = rounds + 1 per configuration (equal rows per decode step)")
     parser.add_argument("--work-dir", default=None, help="where the runs' output directories go (default: a temp dir)")
     parser.add_argument("--out", default=None, help="also write the JSON result to this file")
     args = parser.parse_args(argv)
@@ -137,8 +148,9 @@ def main(argv: list[str] | None = None) -> dict:
     tokenizer = code_tokenizer(tiny=tiny)
     model = build_model(args.arch, device, len(tokenizer) if tiny else None)
     args.lora_rank = 8 if tiny else 32
+    num_adapters = max(tasks_in_flight(args, rounds) for rounds in args.rounds)
     engine = HFEngine(model, tokenizer, ModelConfig(model=args.arch, lora_rank=args.lora_rank, lora_alpha=32,
-                                                    num_adapters=args.tasks_in_flight))
+                                                    num_adapters=num_adapters))
     task_ids = median_tasks(DATASET, args.num_tasks)
     result = header("rounds", device, argv) | {
         "model": f"{args.arch}, random weights", "tasks": task_ids,
@@ -158,9 +170,9 @@ def main(argv: list[str] | None = None) -> dict:
     result["within_15_percent"] = result["spread"] <= 0.15
 
     print_table("per task (mean over tasks, seconds)", [
-        {"rounds": c["rounds"], "task_s": c["mean_task_s"], **c["phase_s_per_task"],
+        {"rounds": c["rounds"], "in_flight": c["tasks_in_flight"], "task_s": c["mean_task_s"], **c["phase_s_per_task"],
          "capture_s": c["capture_s_per_task"], "examples": c["examples_trained"]} for c in configs],
-        ["rounds", "task_s", "sampling", "execution", "relabelling", "finetuning", "reset", "other", "capture_s",
+        ["rounds", "in_flight", "task_s", "sampling", "execution", "relabelling", "finetuning", "reset", "other", "capture_s",
          "examples"])
     for c in configs:
         print_table(f"{c['rounds']} rounds: seconds per round (mean over tasks)",

@@ -76,3 +76,11 @@ def test_the_rounds_benchmark_runs_with_two_tasks_in_flight(tmp_path, capsys):
     assert len(config["task_s"]) == 2 and config["examples_trained"] == 2 * 2
     assert config["output_tokens"] == 2 * 12 * 8
     assert last_json_line(capsys)["bench"] == "rounds"
+
+
+def test_the_rounds_benchmark_can_match_rows_per_decode_step(tmp_path):
+    result = load("bench_rounds").main(["--work-dir", str(tmp_path), "--num-tasks", "3", "--rounds", "1", "2",
+                                        "--predictions", "12", "--tasks-in-flight", "0"])
+    # K = rounds + 1: 2 tasks x 6 rows for 1 round, 3 x 4 for 2 rounds (12 rows per search either way)
+    assert [c["tasks_in_flight"] for c in result["configs"]] == [2, 3]
+    assert all(len(c["task_s"]) == 3 for c in result["configs"])
