@@ -187,6 +187,15 @@ def test_code_prior_examples_are_programs_without_a_prompt():
     assert all(prompt and 1 <= len(parse_program(program)) <= 5 for prompt, program in tasks)
 
 
+@pytest.mark.parametrize("bad", [{"prior_fraction": 1.0}, {"prior_fraction": -0.1}, {"prior_max_calls": 0},
+                                 {"max_line_gap": -1}])
+def test_pretrain_config_refuses_bad_prior_and_gap_settings(bad):
+    from arcsl.toy.config import PretrainConfig
+
+    with pytest.raises(ValueError, match=next(iter(bad))):
+        PretrainConfig(**bad)
+
+
 def test_tiny_pretraining_with_line_gaps_and_code_prior_runs(tmp_path):
     from arcsl.toy.pretrain import main
 

@@ -5,6 +5,8 @@ Examples:
     python -m arcsl.toy.pretrain --max-minutes 7 --output-dir out/toy                    # one GPU
     python -m arcsl.toy.pretrain --init-from models/toy --min-calls 2 --lr 6e-4 --warmup-steps 50 --max-minutes 7 \
         --output-dir out/toy-more                                                          # continue the shipped model
+    python -m arcsl.toy.pretrain --init-from models/toy --max-line-gap 32 --prior-fraction 0.25 --lr 1e-3 \
+        --warmup-steps 100 --max-minutes 7.6 --output-dir out/toy5                        # how run 5 was made
     accelerate launch --num_processes 4 -m arcsl.toy.pretrain --max-minutes 9 --output-dir out/toy
 
 Tasks are generated on the fly by data-loader processes (an endless stream; nothing is stored), so a
