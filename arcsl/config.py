@@ -168,6 +168,9 @@ class RelabelConfig:
         "help": "skip outputs already trained on in earlier rounds of the same task"})
     drop_identity: bool = field(default=False, metadata={
         "help": "drop programs that return every train input unchanged"})
+    prune_programs: bool = field(default=False, metadata={
+        "help": "train on each program without the lines that change no train output, where the prompt format "
+                "can tell (toy); programs of other formats are trained on as written"})
     max_examples: int = field(default=-1, metadata={
         "help": "examples per round, the best by train score kept; -1 = no cap"})
     example_order: str = field(default="worst-first", metadata={

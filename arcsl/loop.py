@@ -293,8 +293,12 @@ def learn(run: TaskRun, engine: Engine, timer: PhaseTimer) -> int:
     with timer("relabelling"):
         chosen = training_set(run.task, run.attempts, run.round - 1, run.trained, run.settings.relabel, run.rng)
         run.trained |= {train_fingerprint(a) for a in chosen}
-        to_prompt = PROMPT_FORMATS[run.settings.loop.prompt_format].build
-        examples = [(to_prompt(relabelled_task(run.task, a)), a.response) for a in chosen]
+        fmt = PROMPT_FORMATS[run.settings.loop.prompt_format]
+        prune = fmt.prune if run.settings.relabel.prune_programs else None
+        examples = []
+        for a in chosen:
+            relabelled = relabelled_task(run.task, a)
+            examples.append((fmt.build(relabelled), prune(a.response, relabelled) if prune else a.response))
     if examples:
         with timer("finetuning"):
             engine.finetune(examples, run.settings.finetune, seed=int(run.rng.integers(2**31)), adapter=run.slot)

@@ -36,7 +36,7 @@ from arcsl.engine import ChatPrompt
 from arcsl.grids import Grid, Task
 from arcsl.gridtext import grid_to_barc
 from arcsl.sandbox import DSL_PATH
-from arcsl.toy.prompt import task_prompt
+from arcsl.toy.prompt import pruned_program, task_prompt
 
 PYTHON_INFO_STRINGS = frozenset({"python", "py", "python3"})
 
@@ -131,9 +131,11 @@ class PromptFormat:
     build: Callable[[Task], ChatPrompt | str]
     extract: Callable[[str], str | None]
     dsl_path: Path  # importable in the sandbox by its file stem (`common`, `draw`)
+    # (completion, relabelled task) -> the completion to train on, simplified; None: trained on as written
+    prune: Callable[[str, Task], str] | None = None
 
 
 PROMPT_FORMATS: dict[str, PromptFormat] = {
     "barc": PromptFormat(barc_prompt, extract_program, DSL_PATH),
-    "toy": PromptFormat(task_prompt, bare_program, Path(__file__).parent / "toy" / "draw.py"),
+    "toy": PromptFormat(task_prompt, bare_program, Path(__file__).parent / "toy" / "draw.py", pruned_program),
 }

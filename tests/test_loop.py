@@ -79,6 +79,20 @@ def test_relabel_settings_reach_the_fine_tuning(tasks, pool):
     assert [c for _, c in engine.finetuned[0]] == [SCALE_2]
 
 
+def test_toy_programs_are_pruned_before_training_unless_prune_programs_is_off(tasks):
+    from arcsl.toy.tasks import FOOTER, HEADER
+
+    twice = HEADER + "    g = pixel(g, 0, 0, 5)\n" * 2 + FOOTER
+    for prune, lines in ((True, 1), (False, 2)):
+        engine = ScriptedEngine({0: [twice]})
+        with SandboxPool(SandboxConfig(num_workers=1), dsl_path=PROMPT_FORMATS["toy"].dsl_path) as toy_pool:
+            search_and_learn(tasks["c59eb873"], engine, toy_pool, settings(
+                max_rounds=1, prompt_format="toy", augment_dihedral=False, augment_colors="none",
+                augment_train_order=False, relabel=RelabelConfig(prune_programs=prune)))
+        [(_, completion)] = engine.finetuned[0]
+        assert completion.count("pixel(") == lines
+
+
 def test_solutions_survive_augmentation_and_are_selected(tasks, pool):
     engine = ScriptedEngine({4: [CRASH, IDENTITY, ROTATE_180, NO_CODE]})
     task = tasks["3c9b0459"]

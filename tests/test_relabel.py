@@ -112,6 +112,17 @@ def test_example_order_sorts_by_train_score_or_shuffles():
     assert any(s not in (best_first, best_first[::-1]) for s in shuffled)
 
 
+def test_prune_programs_hook_drops_toy_lines_that_change_no_output():
+    from arcsl.prompting import PROMPT_FORMATS
+    from arcsl.toy.tasks import FOOTER, HEADER
+
+    prune = PROMPT_FORMATS["toy"].prune
+    hidden_then_twice = HEADER + "    g = pixel(g, 0, 0, 7)\n" + "    g = pixel(g, 0, 0, 5)\n" * 2 + FOOTER
+    assert prune(hidden_then_twice, TASK) == HEADER + "    g = pixel(g, 0, 0, 5)\n" + FOOTER
+    assert prune("not a program", TASK) == "not a program"
+    assert PROMPT_FORMATS["barc"].prune is None  # Python in general: trained on as written
+
+
 def test_every_relabel_setting_has_a_test_here():
     names = {f.name for f in dataclasses.fields(RelabelConfig)}
     tested = {name for name in names if any(name in fn for fn in globals() if fn.startswith("test_"))}

@@ -16,6 +16,7 @@ No chat template and no instructions: the model was trained from scratch on this
 
 from arcsl.gridtext import grid_to_digits
 from arcsl.grids import Task
+from arcsl.toy.tasks import parse_program, program_text, prune_calls
 
 
 def task_prompt(task: Task) -> str:
@@ -26,3 +27,12 @@ def task_prompt(task: Task) -> str:
 def training_example(task: Task, program: str) -> tuple[str, str]:
     """(prompt, completion) for fine-tuning on `task` solved by `program`."""
     return task_prompt(task), program
+
+
+def pruned_program(completion: str, task: Task) -> str:
+    """`completion` without the lines that change no train output of `task` (as the generator's
+    programs are), for training on it; a completion that does not parse is returned as it is."""
+    try:
+        return program_text(prune_calls(parse_program(completion), [p.input for p in task.train]))
+    except ValueError:  # not in the generator's format, or a call that raises on these inputs
+        return completion
