@@ -1,7 +1,7 @@
 """`arcsl solve`: search and learn over a dataset, with a results store, deadlines, resume and reports.
 
-For every task (largest first if asked): `loop.search_and_learn`, its attempts and phase timings
-written to the results store round by round, then `submission.json` rewritten, so that killing the
+For every task (largest first if asked): the rounds of `loop.run_round`, its attempts and phase
+timings written to the results store round by round, then `submission.json` rewritten, so that killing the
 run at any moment loses at most the round in flight and always leaves a valid submission. Tasks
 already finished in the store are skipped with `--resume`; an unfinished one starts over.
 
@@ -46,7 +46,7 @@ from pathlib import Path
 from arcsl.config import DataConfig, SolveConfig
 from arcsl.grids import Task, load_dataset
 from arcsl.loop import (LoopSettings, PhaseEvent, RoundStats, TaskResult, TaskRun, conclude, finish_run,
-                        run_round, search_and_learn, start_run)
+                        run_round, start_run)
 from arcsl.prompting import PROMPT_FORMATS
 from arcsl.scoring import Attempt, metrics_rows
 from arcsl.store import Store, export_attempts_jsonl, export_metrics_csv, open_store
@@ -169,7 +169,7 @@ def solve(cfg: SolveConfig, engine=None) -> RunSummary:
         with SandboxPool(cfg.sandbox, dsl_path=PROMPT_FORMATS[cfg.loop.prompt_format].dsl_path) as pool:
             run = _Run(out, tasks, engine, pool, settings, store, planner, _progress(len(todo), cfg.run.progress),
                        wandb_run)
-            num_finished = _solve_one_by_one(run, todo) if in_flight == 1 else _solve_in_flight(run, todo)
+            num_finished = _solve_in_flight(run, todo)
             run.progress.close()
         export_metrics_csv(store, out / "metrics.csv")
         export_attempts_jsonl(store, out / "attempts.jsonl")
@@ -184,28 +184,9 @@ def solve(cfg: SolveConfig, engine=None) -> RunSummary:
     return RunSummary(str(out), len(tasks), num_finished, len(done), mean, time.monotonic() - started)
 
 
-def _solve_one_by_one(run: _Run, todo: list[Task]) -> int:
-    """Every task of `todo` in turn, while the deadline allows; returns the number finished."""
-    num_finished = 0
-    for i, task in enumerate(todo):
-        num_remaining = len(todo) - i
-        if not run.planner.may_start():
-            _print_not_started(num_remaining)
-            break
-        try:
-            result = _solve_task(task, run, _task_settings(run, num_remaining), num_remaining)
-        except Exception as e:  # one broken task must not cost the others; its attempts stay stored
-            _fail_task(task, run.store, e)
-        else:
-            num_finished += 1
-            _log_result(run, i, result)
-        _task_done(run)
-    return num_finished
-
-
 def _solve_in_flight(run: _Run, todo: list[Task]) -> int:
-    """The tasks of `todo`, tasks_in_flight at a time in lockstep rounds; a task that stops hands its slot
-    (adapter) to the next one at once. Returns the number finished."""
+    """The tasks of `todo`, tasks_in_flight at a time in lockstep rounds (one at a time by default); a task
+    that stops hands its slot (adapter) to the next one at once. Returns the number finished."""
     num_slots = run.settings.loop.tasks_in_flight
     queue = deque(enumerate(todo))
     runs: list[TaskRun] = []
@@ -236,10 +217,14 @@ def _solve_in_flight(run: _Run, todo: list[Task]) -> int:
                 _task_done(run)
         for r in [r for r in runs if r.reason is not None]:
             shown.pop(r.task.id)
-            result = finish_run(r)
-            run.store.finish_task(r.task.id, result.scores, result.predictions)
-            num_finished += 1
-            _log_result(run, index[r.task.id], result)
+            try:
+                result = finish_run(r)
+                run.store.finish_task(r.task.id, result.scores, result.predictions)
+            except Exception as e:  # one broken task must not cost the others; its attempts stay stored
+                _fail_task(r.task, run.store, e)
+            else:
+                num_finished += 1
+                _log_result(run, index[r.task.id], result)
             _task_done(run)
         runs = [r for r in runs if r.reason is None]
 
@@ -286,15 +271,6 @@ def _load_tasks(cfg: DataConfig) -> list[Task]:
     for error in result.skipped:
         print(f"skipped invalid task: {error}", file=sys.stderr)
     return result.tasks
-
-
-def _solve_task(task: Task, run: _Run, settings: LoopSettings, num_remaining: int) -> TaskResult:
-    run.store.start_task(task.id)
-    result = search_and_learn(task, run.engine, run.pool, settings, on_round=_store_round(task.id, run),
-                              on_phase=_show_phase(run.progress, {}),
-                              deadline=lambda: run.planner.task_deadline(num_remaining))
-    run.store.finish_task(task.id, result.scores, result.predictions)
-    return result
 
 
 def _store_round(task_id: str, run: _Run):

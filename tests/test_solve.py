@@ -16,7 +16,7 @@ import arcsl.solve
 from arcsl.cli import main
 from arcsl.config import DataConfig, LoopConfig, RunConfig, SandboxConfig, SolveConfig
 from arcsl.grids import load_tasks, select_tasks, task_to_json
-from arcsl.loop import PhaseEvent, RoundStats, search_and_learn, start_run
+from arcsl.loop import PhaseEvent, RoundStats, start_run
 from arcsl.selection import prediction_grids, select_attempts
 from arcsl.solve import DeadlinePlanner, progress_text, solve
 from arcsl.store import open_store
@@ -240,11 +240,11 @@ def test_deadline_s_shares_the_run_time_and_the_submission_is_always_complete(
         tmp_path, dataset, tasks, clock, monkeypatch, deadline_s, rounds, max_rounds):
     given = []  # max_rounds each task was given
 
-    def spy(task, engine, pool, settings, **kwargs):
+    def spy(task, settings, *args, **kwargs):
         given.append(settings.loop.max_rounds)
-        return search_and_learn(task, engine, pool, settings, **kwargs)
+        return start_run(task, settings, *args, **kwargs)
 
-    monkeypatch.setattr(arcsl.solve, "search_and_learn", spy)
+    monkeypatch.setattr(arcsl.solve, "start_run", spy)
     started = clock.now
     engine = ScriptedEngine(SCRIPTS, clock=clock, sample_s=100.0)  # every search takes 100 s, nothing else takes time
     summary = solve(config(tmp_path, dataset, loop=dict(max_rounds=3, stop="never"), deadline_s=deadline_s,
