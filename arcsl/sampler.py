@@ -15,10 +15,11 @@ What is covered:
 - `CacheDecoder`: any Hugging Face causal LM through its own forward; the prompt is prefilled once and its
   cache copied to each sample. Slower; the fallback for architectures the fast path does not know.
 - `pick_tokens`: greedy, temperature and top-p sampling with an explicit generator (reproducible).
-- `generate`: the decode loop, with stops at EOS/end-of-turn or at the end of the first ``` code block.
+- `generate`: the decode loop, with stops at EOS/end-of-turn or at the end of the first ``` code block. On
+  CPU, where a step costs in proportion to its rows, a prompt whose samples have all stopped leaves the batch.
 
-What is not covered: continuous batching (a batch runs until its last sample stops; a finished sample
-still occupies its row, which costs little because a decode step is bound by reading the weights),
+What is not covered: continuous batching (a batch runs until its last sample stops; on a GPU a finished
+sample still occupies its row, which costs little because a decode step is bound by reading the weights),
 paged KV caches, speculative decoding, sliding-window attention, beam search.
 """
 
@@ -203,28 +204,36 @@ class SharedPrefixDecoder:
     def __init__(self, weights, num_prompts: int, rows_per_prompt: int, max_steps: int, use_graphs: bool,
                  ops: DecodeOps = EAGER_OPS):
         self.w, self.ops, self.use_graphs = weights, ops, use_graphs
-        self.num_prompts, self.rows_per_prompt = num_prompts, rows_per_prompt
-        self.num_rows = num_prompts * rows_per_prompt
+        self.rows_per_prompt, self.batch_prompts = rows_per_prompt, num_prompts
         self.device, self.dtype = weights.embed.weight.device, weights.embed.weight.dtype
         self.step_cap = round_up(max(max_steps, 1), ALIGN)
-        num_layers, kv, d = len(weights.layers), weights.num_kv_heads, weights.head_dim
-        # zeros, not empty: masked slots get weight 0, and 0 * NaN from stale memory would poison the sum
-        self.step_kv = torch.zeros(num_layers, 2, self.num_rows, kv, self.step_cap, d, device=self.device,
-                                   dtype=self.dtype)
         self.prompt_kv = self.prompt_bias = None
         self.prompt_capacity = self.prompt_cap = 0
         self.prompts: list[list[int]] = []
         self.slots = torch.arange(self.step_cap, device=self.device)
+        # On CPU a decode step costs in proportion to its rows, so a prompt whose samples have all stopped
+        # leaves the batch (`keep_prompts`); on a GPU a step is bound by reading the weights, and the graphs
+        # need fixed shapes.
+        self.can_narrow = self.device.type == "cpu" and not use_graphs
+        self._allocate_rows()
+        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.pool = torch.cuda.graph_pool_handle() if use_graphs else None
+        self.capture_s = 0.0  # time spent capturing graphs (and compiling), for the caller's accounting
+
+    def _allocate_rows(self) -> None:
+        """The per-row buffers, for the batch's full shape."""
+        w = self.w
+        self.num_prompts, self.num_rows = self.batch_prompts, self.batch_prompts * self.rows_per_prompt
+        # zeros, not empty: masked slots get weight 0, and 0 * NaN from stale memory would poison the sum
+        self.step_kv = torch.zeros(len(w.layers), 2, self.num_rows, w.num_kv_heads, self.step_cap, w.head_dim,
+                                   device=self.device, dtype=self.dtype)
         # static inputs of the decode step: the graphs read them from these addresses
         self.tokens = torch.zeros(self.num_rows, dtype=torch.long, device=self.device)
         self.step_index = torch.zeros(1, dtype=torch.long, device=self.device)
         self.first_position = torch.zeros(self.num_rows, dtype=torch.long, device=self.device)
         # one-hot adapter of each prompt and row, read by the projections while the weights mix adapters
-        self.prompt_adapters = torch.zeros(num_prompts, weights.num_adapters, 1, device=self.device, dtype=self.dtype)
-        self.row_adapters = torch.zeros(self.num_rows, weights.num_adapters, 1, device=self.device, dtype=self.dtype)
-        self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
-        self.pool = torch.cuda.graph_pool_handle() if use_graphs else None
-        self.capture_s = 0.0  # time spent capturing graphs (and compiling), for the caller's accounting
+        self.prompt_adapters = torch.zeros(self.num_prompts, w.num_adapters, 1, device=self.device, dtype=self.dtype)
+        self.row_adapters = torch.zeros(self.num_rows, w.num_adapters, 1, device=self.device, dtype=self.dtype)
 
     @property
     def nbytes(self) -> int:
@@ -234,8 +243,11 @@ class SharedPrefixDecoder:
     def load(self, prompts: list[list[int]], adapters: list[int] | None = None) -> None:
         """Makes the decoder ready for `prompts`: caches cleared, prompt lengths, positions and adapters
         (one per prompt, default 0; used while the weights mix adapters) set."""
-        if len(prompts) != self.num_prompts:
-            raise ValueError(f"this decoder takes {self.num_prompts} prompts, got {len(prompts)}")
+        if len(prompts) != self.batch_prompts:
+            raise ValueError(f"this decoder takes {self.batch_prompts} prompts, got {len(prompts)}")
+        if self.num_prompts != self.batch_prompts:  # narrowed by the last batch: back to the full shape
+            self._allocate_rows()
+            self.prompt_capacity = 0
         cap = round_up(max(len(p) for p in prompts), PROMPT_ALIGN)
         if cap > self.prompt_capacity:  # grow; the graphs read the old buffers, so they go too
             self.graphs.clear()
@@ -257,6 +269,23 @@ class SharedPrefixDecoder:
         one_hot = F.one_hot(adapters, self.w.num_adapters).to(self.dtype)[:, :, None]
         self.prompt_adapters.copy_(one_hot)
         self.row_adapters.copy_(one_hot.repeat_interleave(self.rows_per_prompt, dim=0))
+
+    def keep_prompts(self, keep: list[int]) -> None:
+        """Decodes only the rows of prompts `keep` (indices into the current prompts, in order) from the next
+        step on; the others' samples have all stopped. Only where `can_narrow`; `load` restores the full batch."""
+        assert self.can_narrow, "narrowing needs an eager CPU decoder"
+        p = torch.tensor(keep, device=self.device)
+        m, kv = self.rows_per_prompt, self.w.num_kv_heads
+        r = (p[:, None] * m + torch.arange(m, device=self.device)).flatten()
+        self.step_kv = self.step_kv.index_select(2, r)
+        self.tokens = self.tokens.index_select(0, r)
+        self.first_position = self.first_position.index_select(0, r)
+        self.row_adapters = self.row_adapters.index_select(0, r)
+        self.prompt_adapters = self.prompt_adapters.index_select(0, p)
+        self.prompt_kv = self.prompt_kv.index_select(2, p)
+        self.prompt_bias = self.prompt_bias.view(self.num_prompts, kv, 1, -1).index_select(0, p).flatten(0, 1)
+        self.prompts = [self.prompts[i] for i in keep]
+        self.num_prompts, self.num_rows = len(keep), len(keep) * m
 
     # --- prefill ------------------------------------------------------------------------------------
 
@@ -420,11 +449,12 @@ def generate(decoder, logits: torch.Tensor, cfg: SamplingConfig, stop_ids: list[
     just after the fence). `tokenizer` is needed only for the latter.
     """
     rows = [RowState() for _ in range(decoder.num_rows)]
-    out = torch.empty(decoder.num_rows, cfg.max_new_tokens, dtype=torch.long, device=logits.device)
+    out = torch.zeros(decoder.num_rows, cfg.max_new_tokens, dtype=torch.long, device=logits.device)
+    live = slice(None)  # the rows of `rows` the decoder samples: all, until it is narrowed
     stop_at_code_end = cfg.stop_at_code_end and not cfg.ignore_eos
     checked = 0
     for step in range(cfg.max_new_tokens):
-        out[:, step] = pick_tokens(logits, cfg.temperature, cfg.top_p, generator)
+        out[live, step] = pick_tokens(logits, cfg.temperature, cfg.top_p, generator)
         done = step + 1
         if done == cfg.max_new_tokens or done % CHECK_EVERY == 0:
             new = out[:, checked:done].tolist()  # the only host sync: once per CHECK_EVERY steps
@@ -432,12 +462,24 @@ def generate(decoder, logits: torch.Tensor, cfg: SamplingConfig, stop_ids: list[
             checked = done
             if all(r.end is not None for r in rows):
                 break
+            if getattr(decoder, "can_narrow", False):
+                live = _drop_stopped_prompts(decoder, rows, live)
         if done < cfg.max_new_tokens:
-            logits = decoder.step(out[:, step], step)
+            logits = decoder.step(out[live, step], step)
     for row in rows:
         if row.end is None:
             row.end = len(row.tokens)
     return rows
+
+
+def _drop_stopped_prompts(decoder, rows: list[RowState], live: slice | torch.Tensor) -> slice | torch.Tensor:
+    """Narrows `decoder` to the prompts with a sample still running; returns the rows it then decodes."""
+    by_prompt = torch.arange(len(rows))[live].view(-1, decoder.rows_per_prompt)
+    keep = [p for p, prompt_rows in enumerate(by_prompt.tolist()) if any(rows[i].end is None for i in prompt_rows)]
+    if len(keep) == len(by_prompt):
+        return live
+    decoder.keep_prompts(keep)
+    return by_prompt[keep].flatten().to(decoder.device)
 
 
 def _check_stops(rows: list[RowState], new: list[list[int]], offset: int, stop_ids: set[int],

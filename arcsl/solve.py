@@ -43,7 +43,7 @@ from collections import deque
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from arcsl.config import DataConfig, SolveConfig
+from arcsl.config import DataConfig, ModelConfig, SolveConfig
 from arcsl.grids import Task, load_dataset
 from arcsl.loop import (LoopSettings, PhaseEvent, RoundStats, TaskResult, TaskRun, conclude, finish_run,
                         run_round, start_run)
@@ -136,6 +136,11 @@ class _Run:
     wandb_run: object    # None without --wandb
 
 
+def engine_config(cfg: SolveConfig) -> ModelConfig:
+    """The model settings to load for `cfg`: at least one LoRA adapter per task in flight."""
+    return replace(cfg.model, num_adapters=max(cfg.model.num_adapters, cfg.loop.tasks_in_flight))
+
+
 def solve(cfg: SolveConfig, engine=None) -> RunSummary:
     """Run search and learn on every selected task; see the module docstring.
 
@@ -163,7 +168,7 @@ def solve(cfg: SolveConfig, engine=None) -> RunSummary:
     with open_store(out / STORE, resume=cfg.run.resume, config=asdict(cfg)) as store:
         done = store.finished_task_ids() & {t.id for t in tasks}
         _write_outputs(out, tasks, store)  # a valid submission exists from the first second
-        engine = engine or load_engine(replace(cfg.model, num_adapters=max(cfg.model.num_adapters, in_flight)))
+        engine = engine or load_engine(engine_config(cfg))
         settings = LoopSettings(cfg.loop, cfg.relabel, cfg.sampling, cfg.finetune, model_id=cfg.model.model)
         todo = [t for t in tasks if t.id not in done]
         with SandboxPool(cfg.sandbox, dsl_path=PROMPT_FORMATS[cfg.loop.prompt_format].dsl_path) as pool:

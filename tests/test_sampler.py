@@ -146,3 +146,62 @@ def test_the_compiled_decode_step_gives_the_eager_tokens_with_mixed_adapters(tok
     eager = greedy_tokens(engine, EAGER_OPS, prompts, adapters=adapters)
     assert eager[0] != eager[2]  # rows 0-1 read adapter 0, rows 2-3 adapter 1: their tokens differ
     assert greedy_tokens(engine, compiled_ops("eager"), prompts, adapters=adapters) == eager
+
+
+def test_narrowing_to_some_prompts_decodes_them_as_the_full_batch_would(tokenizer):
+    engine = tiny_engine(tokenizer, num_adapters=2)
+    engine.finetune([(PROMPT, COMPLETION)] * 3, FinetuneConfig(learning_rate=3e-3, max_seq_len=256,
+                                                               max_tokens_per_micro_batch=256), adapter=1)
+    engine.weights.prepare_mixed({0: engine.lora_versions[0], 1: engine.lora_versions[1]})
+    prompts = [engine.encode_prompt(p) for p in (PROMPT, OTHER_PROMPT, PROMPT)]
+    decoder = SharedPrefixDecoder(engine.weights, 3, 2, 15, False)
+
+    def greedy(narrow_at=None):
+        decoder.load(prompts, [0, 0, 1])
+        logits, tokens, rows = decoder.prefill(), [], torch.arange(6)
+        for step in range(12):
+            picked = logits.argmax(-1)
+            tokens.append(dict(zip(rows.tolist(), picked.tolist())))
+            if step == narrow_at:
+                decoder.keep_prompts([0, 2])  # prompt 1's rows (2, 3) leave
+                rows, picked = rows[[0, 1, 4, 5]], picked[[0, 1, 4, 5]]
+            logits = decoder.step(picked, step)
+        return [[t[r] for t in tokens if r in t] for r in range(6)]
+
+    full, narrowed = greedy(), greedy(narrow_at=4)
+    assert decoder.can_narrow and decoder.num_rows == 4
+    for r in (0, 1, 4, 5):
+        assert narrowed[r] == full[r]
+    assert narrowed[2] == full[2][:5] and narrowed[0] != narrowed[4]  # adapter 1's rows stayed adapter 1's
+    assert greedy() == full  # the next load restores the full batch
+
+
+class NarrowingDecoder(ScriptedDecoder):
+    """A scripted decoder of `num_prompts` prompts that records how `generate` narrows it."""
+    can_narrow, device = True, torch.device("cpu")
+
+    def __init__(self, rows, vocab_size, rows_per_prompt):
+        super().__init__(rows, vocab_size)
+        self.rows_per_prompt, self.live, self.kept, self.fed = rows_per_prompt, list(range(len(rows))), [], []
+
+    def logits(self, position):
+        return super().logits(position)[self.live]
+
+    def keep_prompts(self, keep):
+        m = self.rows_per_prompt
+        self.kept.append(keep)
+        self.live = [self.live[p * m + i] for p in keep for i in range(m)]
+
+    def step(self, tokens, step):
+        self.fed.append(len(tokens))
+        return super().step(tokens, step)
+
+
+def test_a_prompt_whose_samples_all_stopped_leaves_the_batch(tokenizer):
+    long = [5] * 40 + [1]
+    decoder = NarrowingDecoder([[7, 1], [8, 9, 1], long, [6, 1]], len(tokenizer), rows_per_prompt=2)
+    cfg = SamplingConfig(max_new_tokens=100, temperature=0, stop_at_code_end=False)
+    rows = generate(decoder, decoder.prefill(), cfg, [1], None, tokenizer)
+    assert decoder.kept == [[1]]  # prompt 0 (rows 0, 1) stopped before the first check; prompt 1 runs on
+    assert decoder.fed[CHECK_EVERY - 2] == 4 and decoder.fed[CHECK_EVERY - 1] == 2  # narrowed at the first check
+    assert [r.tokens[:r.end] for r in rows] == [[7, 1], [8, 9, 1], long, [6, 1]]

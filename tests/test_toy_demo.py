@@ -6,6 +6,7 @@ from dataclasses import replace
 from arcsl import cli
 from arcsl.config import LoopConfig
 from arcsl.grids import load_tasks
+from arcsl.solve import engine_config
 from arcsl.toy import demo
 from arcsl.toy.demo import DEMO_TASKS, compare, demo_config, demo_tasks, search_only
 from tests.fakes import ScriptedEngine
@@ -17,6 +18,11 @@ def test_shipped_tasks_are_the_generated_ones(tmp_path):
     loaded = load_tasks("toy/demo").tasks
     assert [t.id for t in loaded] == [t.task.id for t in demo_tasks()]
     assert all(8 <= t.num_calls <= 25 for t in demo_tasks())  # out of distribution: pretraining had 1-5
+
+
+def test_the_demo_loads_one_adapter_per_task_in_flight():
+    cfg = demo_config()
+    assert cfg.loop.tasks_in_flight > 1 and engine_config(cfg).num_adapters == cfg.loop.tasks_in_flight
 
 
 def test_search_only_has_the_same_budget():
@@ -51,10 +57,9 @@ def test_compare_runs_both_arms_and_tabulates(tmp_path):
     right = tasks["stripes-8"].program  # solves stripes-8, draws wrong stripes elsewhere
     cfg = demo_config(str(tmp_path))
     cfg = replace(cfg, data=replace(cfg.data, task_ids=["stripes-8", "frames-8"]),
-                  loop=replace(cfg.loop, initial_predictions=8, predictions_per_round=8, max_rounds=1,
-                               augment_dihedral=False, augment_colors="none"),
+                  loop=replace(cfg.loop, initial_predictions=8, predictions_per_round=8, max_rounds=1),
                   run=replace(cfg.run, progress=False))
-    rows = compare(cfg, engine=ScriptedEngine({0: [right]}))
+    rows = compare(cfg, engine=ScriptedEngine({0: [right]}, num_adapters=cfg.loop.tasks_in_flight))
     assert [(a.task_id, a.solved, b.solved) for a, b in rows] == [("stripes-8", True, True), ("frames-8", False, False)]
     stripes, frames = rows
     assert stripes[1].predictions == 16 and frames[1].predictions == 16  # search alone: the whole budget at once
