@@ -174,6 +174,19 @@ def test_wandb_logs_every_task_and_the_mean(tmp_path, dataset, monkeypatch):
 # --- the deadline -------------------------------------------------------------------------------
 
 @pytest.fixture
+def given(monkeypatch) -> list[int]:
+    """The max_rounds each task was started with, in start order (a spy on `solve.start_run`)."""
+    seen = []
+
+    def spy(task, settings, *args, **kwargs):
+        seen.append(settings.loop.max_rounds)
+        return start_run(task, settings, *args, **kwargs)
+
+    monkeypatch.setattr(arcsl.solve, "start_run", spy)
+    return seen
+
+
+@pytest.fixture
 def clock(monkeypatch) -> FakeClock:
     """The clock of the loop and of solve, made fake: time passes only while the scripted engine works."""
     fake = FakeClock()
@@ -237,14 +250,7 @@ def test_no_task_starts_when_its_search_would_end_after_the_deadline(clock):
     (150.0, [1, 0], [3]),        # the first task searches once; the second is never started
 ])
 def test_deadline_s_shares_the_run_time_and_the_submission_is_always_complete(
-        tmp_path, dataset, tasks, clock, monkeypatch, deadline_s, rounds, max_rounds):
-    given = []  # max_rounds each task was given
-
-    def spy(task, settings, *args, **kwargs):
-        given.append(settings.loop.max_rounds)
-        return start_run(task, settings, *args, **kwargs)
-
-    monkeypatch.setattr(arcsl.solve, "start_run", spy)
+        tmp_path, dataset, tasks, clock, given, deadline_s, rounds, max_rounds):
     started = clock.now
     engine = ScriptedEngine(SCRIPTS, clock=clock, sample_s=100.0)  # every search takes 100 s, nothing else takes time
     summary = solve(config(tmp_path, dataset, loop=dict(max_rounds=3, stop="never"), deadline_s=deadline_s,
@@ -367,15 +373,8 @@ def test_progress_shows_every_task_in_flight(tmp_path, dataset, capsys):
                                        # which gets search only
     (150.0, [1, 1, 0], [3, 3]),        # the first two search once; the third is never started
 ])
-def test_the_deadline_holds_with_tasks_in_flight(tmp_path, five_dataset, clock, monkeypatch, deadline_s, rounds,
+def test_the_deadline_holds_with_tasks_in_flight(tmp_path, five_dataset, clock, given, deadline_s, rounds,
                                                  max_rounds):
-    given = []  # max_rounds each task was given
-
-    def spy(task, settings, *args, **kwargs):
-        given.append(settings.loop.max_rounds)
-        return start_run(task, settings, *args, **kwargs)
-
-    monkeypatch.setattr(arcsl.solve, "start_run", spy)
     started = clock.now
     engine = ScriptedEngine(FIVE_SCRIPTS, clock=clock, sample_s=100.0, num_adapters=2)  # a round: 100 s
     task_ids = ["c59eb873", "3c9b0459", "74dd1130"]
