@@ -1,6 +1,8 @@
 """The `arcsl` command: flags -> config dataclasses -> one function call per subcommand.
 
 Examples:
+    arcsl demo                                   # search-and-learn against search alone, toy model, CPU
+    arcsl solve --dataset arc-agi-1/evaluation --model barc0/Llama-3.1-ARC-Potpourri-Induction-8B
     arcsl tasks --dataset arc-agi-1/evaluation --sort large-first --limit 5
     arcsl show 00576224 --dataset arc-agi-1/evaluation --output-dir out/show
     arcsl show 00576224 --dataset arc-agi-1/evaluation --predictions out/submission.json
@@ -8,7 +10,8 @@ Examples:
     arcsl score out/submission.json --dataset arc-agi-1/evaluation
 
 Flags are generated from the dataclass fields in `config.py` (their `help` metadata), so the
-config is the one source of truth; this module holds no logic beyond wiring.
+config is the one source of truth; this module holds no logic beyond wiring. Names a user types
+(`--prompt-format`, shipped `--dataset` names) are resolved to objects by `arcsl.catalog`, here, once.
 """
 
 import argparse
@@ -18,22 +21,21 @@ import types
 from pathlib import Path
 from typing import get_args, get_origin, get_type_hints
 
-from arcsl.config import (DataConfig, FinetuneConfig, LoopConfig, ModelConfig, RelabelConfig, RunConfig,
-                          SamplingConfig, SandboxConfig, SolveConfig)
-
-# SolveConfig's groups, in its field order
-SOLVE_GROUPS = (DataConfig, ModelConfig, SamplingConfig, FinetuneConfig, RelabelConfig, LoopConfig, SandboxConfig,
-                RunConfig)
+from arcsl import catalog
+from arcsl.config import DataConfig, SolveConfig
+from arcsl.toy.demo import demo_config
 
 
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = (), defaults=None) -> None:
+def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = (), defaults=None,
+                    choices: dict[str, list[str]] | None = None) -> None:
     """Add one kebab-case flag per field of the dataclass `cls` (except `skip`), with its default and help.
 
-    `defaults`, an instance of `cls`, replaces the class defaults (a preset such as the toy demo's).
+    `defaults`, an instance of `cls`, replaces the class defaults (a preset such as the toy demo's);
+    `choices` lists the accepted values of some fields; a field's metadata "aliases" are older flag names.
     """
     group = parser.add_argument_group(cls.__name__)
     hints = get_type_hints(cls)
@@ -41,16 +43,21 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[str,
         if f.name in skip:
             continue
         default = f.default if defaults is None else getattr(defaults, f.name)
+        if default is dataclasses.MISSING:  # a default_factory field (a list)
+            default = f.default_factory()
         kind, help_text = hints[f.name], f.metadata.get("help", "")
-        help_text = f"{help_text} (default: {default})"
+        aliases = [_flag(a) for a in f.metadata.get("aliases", [])]
+        help_text += f" (default: {default})" + (f"; old name {', '.join(aliases)} still accepted" if aliases else "")
+        names = [_flag(f.name), *aliases]
         if get_origin(kind) in (types.UnionType,):  # X | None
             kind = next(a for a in get_args(kind) if a is not type(None))
         if kind is bool:
-            group.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, default=default, help=help_text)
+            group.add_argument(*names, action=argparse.BooleanOptionalAction, default=default, help=help_text)
         elif get_origin(kind) is list:
-            group.add_argument(_flag(f.name), nargs="+", type=get_args(kind)[0], default=default, help=help_text)
+            group.add_argument(*names, nargs="+", type=get_args(kind)[0], default=default, help=help_text)
         else:
-            group.add_argument(_flag(f.name), type=kind, default=default, help=help_text)
+            group.add_argument(*names, type=kind, default=default, help=help_text,
+                               choices=(choices or {}).get(f.name))
 
 
 def config_from_args(cls: type, args: argparse.Namespace, **overrides):
@@ -59,10 +66,37 @@ def config_from_args(cls: type, args: argparse.Namespace, **overrides):
     return cls(**(values | overrides))
 
 
-def make_parser(solve_preset: SolveConfig | None = None) -> argparse.ArgumentParser:
-    """The parser; `solve_preset` gives `arcsl solve` its defaults (None: the config classes' own)."""
+def add_solve_args(parser: argparse.ArgumentParser, preset: SolveConfig) -> None:
+    """The flags of `arcsl solve` and `arcsl demo`, with `preset`'s values as their defaults."""
+    for group in dataclasses.fields(preset):
+        # the loop sets samples per prompt (samples_per_view), and the engine gets one adapter per task in
+        # flight: one flag for each, not two
+        add_config_args(parser, type(getattr(preset, group.name)), skip=("num_samples", "num_adapters"),
+                        defaults=getattr(preset, group.name), choices={"prompt_format": list(catalog.PROMPT_FORMATS)})
+
+
+def solve_config(args: argparse.Namespace) -> SolveConfig:
+    """The SolveConfig of parsed solve/demo flags, with a shipped dataset name resolved to its file."""
+    cfg = SolveConfig(*(config_from_args(f.type, args) for f in dataclasses.fields(SolveConfig)))
+    return dataclasses.replace(cfg, data=catalog.resolve_dataset(cfg.data))
+
+
+def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="arcsl", description="Search and learn for ARC-AGI.")
     sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="the embedded default: search-and-learn against search alone, with the "
+                                       "shipped toy model on 8 shipped drawing tasks (about 4.5 minutes on 2 CPU cores)")
+    add_solve_args(demo, demo_config())
+
+    defaults = SolveConfig()
+    solve = sub.add_parser(
+        "solve", help="search and learn on a dataset; writes submission.json, metrics, report",
+        description=f"Search and learn on a dataset. Without flags it runs the reference setting: "
+                    f"{defaults.model.model} on {defaults.data.dataset} (an 8B model: it wants a GPU, and is "
+                    f"downloaded from the Hugging Face hub unless --model names a local folder). Every default "
+                    f"below is what a run without that flag uses. For the CPU demo, run `arcsl demo`.")
+    add_solve_args(solve, defaults)
 
     tasks = sub.add_parser("tasks", help="list the tasks of a dataset (validates every one)")
     add_config_args(tasks, DataConfig)
@@ -81,36 +115,26 @@ def make_parser(solve_preset: SolveConfig | None = None) -> argparse.ArgumentPar
                                                           "(exit 1 and list every problem if invalid)")
     validate.add_argument("submission", help="Kaggle submission.json to check")
     add_config_args(validate, DataConfig, skip=("task_ids", "limit", "sort"))
-
-    solve = sub.add_parser("solve", help="search and learn on a dataset; writes submission.json, metrics, report. "
-                                         "Without --dataset and --model: the toy demo on CPU (search and learn "
-                                         "against search alone)")
-    for group, preset in zip(SOLVE_GROUPS, _groups(solve_preset)):
-        # the loop sets samples per prompt (samples_per_view); one flag, not two. The loop searches one task
-        # at a time, with adapter 0: more adapters would only take memory
-        add_config_args(solve, group, skip=("num_samples", "num_adapters"), defaults=preset)
-    if solve_preset is None:
-        solve.set_defaults(dataset=None, model=None)  # to tell "not given" (the demo) from a value
     return parser
-
-
-def _groups(cfg: SolveConfig | None) -> list:
-    return [None] * len(SOLVE_GROUPS) if cfg is None else [getattr(cfg, f.name) for f in dataclasses.fields(cfg)]
 
 
 def main(argv: list[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     try:
-        if args.command == "tasks":
-            return list_tasks(config_from_args(DataConfig, args))
-        if args.command == "show":
-            return show(config_from_args(DataConfig, args, task_ids=args.ids), Path(args.output_dir), args.predictions)
-        if args.command == "score":
-            return score(config_from_args(DataConfig, args), Path(args.submission))
-        if args.command == "validate-submission":
-            return validate_submission(config_from_args(DataConfig, args), Path(args.submission))
+        if args.command == "demo":
+            return run_demo(solve_config(args))
         if args.command == "solve":
-            return run_solve(args, argv)
+            return run_solve(solve_config(args))
+        data = catalog.resolve_dataset(config_from_args(DataConfig, args, **(
+            {"task_ids": args.ids} if args.command == "show" else {})))
+        if args.command == "tasks":
+            return list_tasks(data)
+        if args.command == "show":
+            return show(data, Path(args.output_dir), args.predictions)
+        if args.command == "score":
+            return score(data, Path(args.submission))
+        if args.command == "validate-submission":
+            return validate_submission(data, Path(args.submission))
     except ValueError as e:  # user mistakes (bad flags, bad files): one clear line, no traceback
         print(f"arcsl {args.command}: error: {e}", file=sys.stderr)
         return 2
@@ -119,19 +143,17 @@ def main(argv: list[str] | None = None) -> int:
 
 # --- subcommands: each loads what it needs and calls one library function ----------------------
 
-def run_solve(args: argparse.Namespace, argv: list[str] | None) -> int:
-    """`arcsl solve`; with neither --dataset nor --model, the toy demo (its preset under the user's flags)."""
-    if args.dataset is None and args.model is None:
-        from arcsl.toy.demo import compare, demo_config
+def run_demo(cfg: SolveConfig) -> int:
+    from arcsl.toy.demo import compare
 
-        args = make_parser(demo_config()).parse_args(argv)
-        compare(SolveConfig(*(config_from_args(group, args) for group in SOLVE_GROUPS)))
-        return 0
+    compare(cfg, catalog.prompt_format(cfg.loop.prompt_format))
+    return 0
+
+
+def run_solve(cfg: SolveConfig) -> int:
     from arcsl.solve import solve
 
-    args.dataset = args.dataset or DataConfig().dataset
-    args.model = args.model or ModelConfig().model
-    solve(SolveConfig(*(config_from_args(group, args) for group in SOLVE_GROUPS)))
+    solve(cfg, catalog.prompt_format(cfg.loop.prompt_format))
     return 0
 
 

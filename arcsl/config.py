@@ -99,10 +99,9 @@ class SamplingConfig:
     temperature: float = field(default=1.0, metadata={"help": "softmax temperature; 0 = greedy"})
     top_p: float = field(default=0.95, metadata={"help": "nucleus sampling mass; 1 = off"})
     max_new_tokens: int = field(default=1024, metadata={"help": "most tokens generated per sample"})
-    stop_at_code_end: bool = field(default=True, metadata={
-        "help": "stop a sample once it has closed its first ``` code block (a line starting with ``` after the opening fence)"})
     ignore_eos: bool = field(default=False, metadata={
-        "help": "benchmarks only: every sample gets exactly max_new_tokens (no stop at EOS or at the code's end)"})
+        "help": "benchmarks only: every sample gets exactly max_new_tokens (no stop at EOS or at the prompt "
+                "format's stop rule)"})
     max_batch_size: int = field(default=0, metadata={
         "help": "most sequences decoded together; 0 = as many as fit in GPU memory (64 on CPU)"})
     cuda_graphs: bool = field(default=True, metadata={"help": "replay the decode step as a CUDA graph (GPU only)"})
@@ -191,33 +190,30 @@ AUG_COLORS = ("none", "keep-background", "all")
 
 @dataclass(slots=True)
 class LoopConfig:
-    initial_predictions: int = field(default=64, metadata={"help": "programs sampled in the first search of a task"})
-    predictions_per_round: int = field(default=64, metadata={"help": "programs sampled after each fine-tuning round"})
+    initial_programs: int = field(default=64, metadata={
+        "help": "programs sampled in the first search of a task", "aliases": ["initial_predictions"]})
+    programs_per_round: int = field(default=64, metadata={
+        "help": "programs sampled after each fine-tuning round", "aliases": ["predictions_per_round"]})
     max_rounds: int = field(default=3, metadata={"help": "learning rounds (fine-tune, then search) per task; 0 = search only"})
     samples_per_view: int = field(default=8, metadata={
-        "help": "programs sampled per augmented view; a search uses predictions / samples_per_view views"})
+        "help": "programs sampled per augmented view; a search uses programs / samples_per_view views"})
     stop: str = field(default="two-solutions", metadata={
         "help": "stop a task early when solved: two-solutions (2 programs with distinct test outputs solve every "
                 "train pair), one-solution, or never"})
     task_time_s: float = field(default=-1.0, metadata={
         "help": "time budget per task, seconds: no new round starts after it; -1 = none"})
-    prompt_format: str = field(default="barc", metadata={"help": "prompt format: barc or toy"})
+    prompt_format: str = field(default="barc", metadata={
+        "help": "how tasks are shown to the model and programs read from its answers: one of the names in braces"})
     augment_dihedral: bool = field(default=True, metadata={"help": "views use random rotations and flips"})
     augment_colors: str = field(default="keep-background", metadata={
         "help": "view colour permutation: none, keep-background (0 stays black) or all"})
     augment_train_order: bool = field(default=True, metadata={"help": "views shuffle the order of the train pairs"})
     seed: int = field(default=0, metadata={"help": "seed of views, sampling and fine-tuning: a CPU run is exactly reproducible"})
-    tasks_in_flight: int = field(default=1, metadata={
-        "help": "tasks searched together in lockstep rounds, each learning in its own LoRA adapter (the engine is "
-                "loaded with that many): a round's sampling for all of them is one engine call, and a task that "
-                "stops hands its adapter to the next task at once; 1 = one task at a time"})
 
     def __post_init__(self):
-        if self.tasks_in_flight < 1:
-            raise ValueError(f"tasks_in_flight must be >= 1, got {self.tasks_in_flight}")
         if self.samples_per_view < 1:
             raise ValueError(f"samples_per_view must be >= 1, got {self.samples_per_view}")
-        for name in ("initial_predictions", "predictions_per_round"):
+        for name in ("initial_programs", "programs_per_round"):
             value = getattr(self, name)
             if value < 1 or value % self.samples_per_view:
                 raise ValueError(f"{name} must be a positive multiple of samples_per_view ({self.samples_per_view}); "
@@ -230,13 +226,11 @@ class LoopConfig:
             raise ValueError(f"augment_colors must be one of {', '.join(AUG_COLORS)}; got {self.augment_colors!r}")
         if self.task_time_s != -1 and self.task_time_s <= 0:
             raise ValueError(f"task_time_s must be > 0 seconds or -1 (none); got {self.task_time_s}")
-        if self.prompt_format not in ("barc", "toy"):  # the names of prompting.PROMPT_FORMATS (a test checks)
-            raise ValueError(f"prompt_format must be barc or toy; got {self.prompt_format!r}")
 
     @property
-    def total_predictions(self) -> int:
-        """The prediction budget of a task that never stops early."""
-        return self.initial_predictions + self.max_rounds * self.predictions_per_round
+    def total_programs(self) -> int:
+        """The programs a task samples if it never stops early."""
+        return self.initial_programs + self.max_rounds * self.programs_per_round
 
 
 @dataclass(slots=True)
@@ -250,11 +244,17 @@ class RunConfig:
                 "submission.json is complete before it; -1 = none"})
     deadline_margin_s: float = field(default=60.0, metadata={
         "help": "seconds kept free before the deadline for the final exports"})
+    tasks_in_flight: int = field(default=1, metadata={
+        "help": "tasks searched together in lockstep rounds, each learning in its own LoRA adapter (the engine is "
+                "loaded with that many): a round's sampling for all of them is one engine call, and a task that "
+                "stops hands its adapter to the next task at once; 1 = one task at a time"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar over tasks"})
     wandb: bool = field(default=False, metadata={
         "help": "log to Weights & Biases (pip install wandb; WANDB_MODE=offline works without network)"})
 
     def __post_init__(self):
+        if self.tasks_in_flight < 1:
+            raise ValueError(f"tasks_in_flight must be >= 1, got {self.tasks_in_flight}")
         if self.deadline_s != -1 and self.deadline_s <= 0:
             raise ValueError(f"deadline_s must be > 0 seconds or -1 (none); got {self.deadline_s}")
         if self.deadline_margin_s < 0:

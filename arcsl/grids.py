@@ -40,10 +40,6 @@ NAMED_DATASETS: dict[str, tuple[str, str]] = {
     "kaggle-2025/evaluation": ("kaggle2025", "eval"),
 }
 
-# name -> task file shipped inside the package
-SHIPPED_DATASETS: dict[str, Path] = {"toy/demo": Path(__file__).parent / "toy" / "demo_tasks.json"}
-
-
 class TaskError(ValueError):
     """A task file does not follow the ARC format; the message names file, task and field."""
 
@@ -269,7 +265,7 @@ def load_tasks(source: str, solutions: str | None = None, skip_invalid: bool = F
         if solutions is not None:
             raise ValueError(f"--solutions applies to files, not to the named dataset {source!r} (it has its own)")
         return _load_named(source, skip_invalid)
-    path = SHIPPED_DATASETS.get(source) or Path(source)
+    path = Path(source)
     if path.is_dir():
         if solutions is not None:
             raise ValueError(f"--solutions applies to a challenges file, not to the directory {source!r}")
@@ -277,7 +273,7 @@ def load_tasks(source: str, solutions: str | None = None, skip_invalid: bool = F
     if path.is_file():
         return _load_file(path, Path(solutions) if solutions else None, skip_invalid)
     raise ValueError(f"dataset {source!r} is neither a file, a directory nor a known name; "
-                     f"known names: {', '.join([*NAMED_DATASETS, *SHIPPED_DATASETS])}")
+                     f"known names: {', '.join(NAMED_DATASETS)}")
 
 
 def select_tasks(tasks: list[Task], task_ids: list[str] | None = None, sort: str = "none",

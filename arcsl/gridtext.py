@@ -1,6 +1,6 @@
 """Grids as text: the BARC colour-name format and a compact digit format, each with its parser.
 
-BARC format (what the BARC induction models were trained on, `shared/spec/barc-prompt.md`): one row
+BARC format (what the BARC induction models, xu3kev/BARC, were trained on): one row
 per line, cells as colour names separated by single spaces, a final newline. Digit format: one row
 per line, one digit per cell, a final newline; the shortest lossless text, used by the toy domain
 and in logs. Both parsers reject anything the writers could not have produced.

@@ -1,68 +1,77 @@
-"""Search and learn on one task: the algorithm, top to bottom.
+"""Search and learn: the algorithm, top to bottom, and the driver that runs it over a list of tasks.
 
     search: sample programs from augmented views -> run them in the sandbox -> map outputs back -> score
     repeat up to max_rounds: relabel attempts in hindsight -> fine-tune the LoRA -> search again
     stop early when solved (or out of time); select two attempts per test input; reset the LoRA
 
-A round (`run_round`) can also advance several tasks in lockstep, each learning in its own LoRA adapter
-of the engine: each task fine-tunes its adapter in turn, then ONE sampling call decodes every task's
-prompts (each through its own adapter) and ONE sandbox batch runs every program. A decode step costs
-about the same for many rows as for few, so several tasks' rounds cost little more than one's.
-`search_and_learn` is the same round run on one task.
+A round (`run_round`) advances several tasks in lockstep, each learning in its own LoRA adapter of the
+engine: each task fine-tunes its adapter in turn, then ONE sampling call decodes every task's prompts
+(each through its own adapter) and ONE sandbox batch runs every program. A decode step costs about the
+same for many rows as for few, so several tasks' rounds cost little more than one's. A round returns
+what happened (each task's new attempts and `RoundStats`); it decides nothing.
+
+One driver, `run_tasks`, decides everything else: which task starts next and in which adapter, whether a
+task may learn or gets search only (the deadline planner, `arcsl.deadline`), and after each round which
+tasks stop (solved, out of rounds, out of their own time, or out of the time owed to later tasks). It
+yields what happened (`TaskStarted`, `RoundDone`, `TaskDone`, `TaskFailed`, `TasksNotStarted`) and
+writes nothing: `arcsl solve` consumes the events into its results store and submission, and
+`search_and_learn` is the same driver on one task. The only callback, `on_phase`, is for display.
 
 Every round records its phase timings (sampling, execution, relabelling, finetuning, reset, other);
 "other" is whatever the round spent outside those phases: the overhead we keep near zero. A phase
 shared by several tasks (their one sampling call, their one sandbox batch) and the round's "other"
-are split equally among them, so the tasks' timings still add up to the round's wall time. Callers
-hear of a task's progress through two callbacks: `on_phase` as each phase starts (a progress
-display), `on_round` as each round ends (to store its attempts). The engine is only used through
-its protocol (sample / finetune / reset), so a fake engine drives the same code in tests, and the
-toy domain reuses it unchanged with its own prompt format and DSL.
+are split equally among them, so the tasks' timings still add up to the round's wall time. The engine is
+only used through its protocol (sample / finetune / reset), so a fake engine drives the same code in
+tests, and the toy domain reuses it unchanged with its own prompt format and DSL.
 
 Each task draws its views and fine-tuning seeds from its own random generator, so they do not depend
 on which tasks share its rounds. Its sampled texts can: the engine takes one seed per call (the first
 task's) and may batch rows of different tasks together.
 
-What is not covered: choosing which tasks run together, sharing a run's deadline among tasks, files
-(`solve.py`).
+What is not covered: files and the results store (`solve.py`), the deadline arithmetic (`deadline.py`).
 """
 
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
+from typing import TypeVar
 
 import numpy as np
 
 from arcsl.augment import augment, inverse, random_augmentation, restore_train_order
 from arcsl.config import FinetuneConfig, LoopConfig, RelabelConfig, SamplingConfig
-from arcsl.engine import Completion, Engine, Prompt
+from arcsl.deadline import DeadlinePlanner
+from arcsl.engine.types import Completion, Engine, Prompt
 from arcsl.grids import Grid, Task
-from arcsl.prompting import PROMPT_FORMATS
+from arcsl.prompting import PromptFormat
 from arcsl.relabel import relabelled_task, train_fingerprint, training_set
 from arcsl.sandbox import ExecutionResult, Job, SandboxPool
 from arcsl.scoring import Attempt, TaskScores, fingerprint, score_attempt, score_task
 from arcsl.selection import prediction_grids, select_attempts
 
 PHASES = ("sampling", "execution", "relabelling", "finetuning", "reset", "other")
+T = TypeVar("T")
 
 
-@dataclass(slots=True)
+@dataclass(frozen=True, slots=True)
 class LoopSettings:
-    """The parts of the run config that one task's loop uses."""
+    """What every task of a run shares: the parts of the run config the loop uses, and the prompt format."""
     loop: LoopConfig
     relabel: RelabelConfig
     sampling: SamplingConfig
     finetune: FinetuneConfig
+    prompt_format: PromptFormat
     model_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class RoundStats:
     round: int
-    num_predictions: int      # programs sampled in this round
+    num_programs: int         # programs sampled in this round
     num_examples: int         # relabelled examples fine-tuned on before this round's search (0 in round 0)
     num_solutions: int        # distinct programs (by test output) exact on every train pair, so far
     best_train_score: float   # best train pixel score so far
@@ -93,12 +102,11 @@ class TaskResult:
 class TaskRun:
     """One task's search and learn in progress: what carries over from one round to the next."""
     task: Task
-    settings: LoopSettings
+    settings: LoopSettings         # shared with every task of the run
     rng: np.random.Generator       # the task's own: its views, relabelling order and fine-tuning seeds
     started: float                 # time.monotonic() at its start (cfg.task_time_s counts from it)
-    slot: int = 0                  # the engine's LoRA adapter it learns in
-    on_round: Callable[[list[Attempt], RoundStats], None] | None = None
-    on_phase: Callable[[PhaseEvent], None] | None = None
+    adapter: int                   # the engine's LoRA adapter it learns in
+    max_rounds: int                # its own: the run's, or 0 (search only) when the deadline is near
     attempts: list[Attempt] = field(default_factory=list)
     trained: set[str] = field(default_factory=set)  # train fingerprints fine-tuned on so far
     rounds: list[RoundStats] = field(default_factory=list)
@@ -108,11 +116,6 @@ class TaskRun:
     def round(self) -> int:
         """The round in progress, or the next one between rounds."""
         return len(self.rounds)
-
-    def announce(self, phase: str) -> None:
-        """Tell on_phase that `phase` of the current round starts (with the best score before it)."""
-        if self.on_phase is not None:
-            self.on_phase(PhaseEvent(self.task.id, self.round, phase, best_train_score(self.attempts)))
 
 
 class PhaseTimer:
@@ -174,9 +177,22 @@ def make_attempt(task: Task, view: Task, completion: Completion, program: str | 
         back = [inverse(g, view.augmentation) for g in result.outputs]
         train_outputs = restore_train_order(back[:len(view.train)], view.augmentation)
         test_outputs = back[len(view.train):]
-    return Attempt(task.id, program, None if result.error is None else str(result.error), train_outputs,
-                   test_outputs, score_attempt(task, train_outputs, test_outputs), round_, view.augmentation,
-                   prompt_id, completion.text, model_id, {"execution": result.elapsed_s})
+    return Attempt(task_id=task.id, program=program, error=None if result.error is None else str(result.error),
+                   train_outputs=train_outputs, test_outputs=test_outputs,
+                   scores=score_attempt(task, train_outputs, test_outputs), round=round_,
+                   augmentation=view.augmentation, prompt_hash=prompt_id, response=completion.text,
+                   model_id=model_id, timings={"execution": result.elapsed_s})
+
+
+def split_by_counts(items: Sequence[T], counts: Sequence[int], what: str) -> list[list[T]]:
+    """`items` cut into consecutive parts of `counts` items, for handing one call's results back to their
+    owners; the counts must add up to the items exactly."""
+    assert sum(counts) == len(items), f"{what}: {len(items)} items for owners that asked for {sum(counts)} ({counts})"
+    parts, start = [], 0
+    for n in counts:
+        parts.append(list(items[start:start + n]))
+        start += n
+    return parts
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,43 +206,49 @@ class SearchPlan:
 def plan_search(run: TaskRun) -> SearchPlan:
     """Fresh views of the run's task for its current round, drawn from its own generator."""
     cfg = run.settings.loop
-    num_predictions = cfg.initial_predictions if run.round == 0 else cfg.predictions_per_round
+    num_programs = cfg.initial_programs if run.round == 0 else cfg.programs_per_round
     views = [augment(run.task, random_augmentation(run.task, run.rng, cfg.augment_dihedral, cfg.augment_colors,
                                                    cfg.augment_train_order))
-             for _ in range(num_predictions // cfg.samples_per_view)]
-    prompts = [PROMPT_FORMATS[cfg.prompt_format].build(v) for v in views]
+             for _ in range(num_programs // cfg.samples_per_view)]
+    prompts = [run.settings.prompt_format.build(v) for v in views]
     return SearchPlan(views, prompts, int(run.rng.integers(2**31)))
 
 
 def search(runs: list[TaskRun], engine: Engine, pool: SandboxPool, timers: list[PhaseTimer]) -> list[list[Attempt]]:
     """Sample programs over fresh views of every run's task, run and score them: one engine call, each
-    prompt through its task's adapter, seeded by the first run; one sandbox batch. Returns each run's attempts.
-
-    The runs share their settings but for max_rounds (solve gives late tasks search only), so the first
-    run's sampling and prompt settings are everyone's.
-    """
-    cfg = runs[0].settings.loop
+    prompt through its task's adapter, seeded by the first run; one sandbox batch. Returns each run's attempts."""
+    settings = runs[0].settings
+    assert all(r.settings == settings for r in runs), "tasks searched together must share their settings"
+    fmt, per_view = settings.prompt_format, settings.loop.samples_per_view
     plans = [plan_search(run) for run in runs]
     prompts = [p for plan in plans for p in plan.prompts]
-    adapters = [run.slot for run, plan in zip(runs, plans) for _ in plan.prompts]
+    adapters = [run.adapter for run, plan in zip(runs, plans) for _ in plan.prompts]
     with shared_phase(timers, "sampling"):
-        sampling = replace(runs[0].settings.sampling, num_samples=cfg.samples_per_view)
-        completions = iter(engine.sample(prompts, sampling, seed=plans[0].seed, adapters=adapters).completions)
+        sampling = replace(settings.sampling, num_samples=per_view)
+        completions = engine.sample(prompts, sampling, seed=plans[0].seed, adapters=adapters,
+                                    stop=fmt.stop).completions
     with shared_phase(timers, "execution"):
-        fmt = PROMPT_FORMATS[cfg.prompt_format]
-        per_run = [[next(completions) for _ in plan.prompts] for plan in plans]  # split back by task
-        programs = [[[fmt.extract(c.text) for c in cs] for cs in run_completions] for run_completions in per_run]
+        assert all(len(cs) == per_view for cs in completions), f"the engine gave other than {per_view} samples a prompt"
+        programs = [[fmt.extract(c.text) for c in cs] for cs in completions]  # per prompt, its samples' programs
+        views = [v for plan in plans for v in plan.views]
         jobs = [Job(p, [q.input for q in v.train] + [q.input for q in v.test])
-                for plan, run_programs in zip(plans, programs) for v, ps in zip(plan.views, run_programs) for p in ps]
-        results = iter(pool.run(jobs))
-        return [run_attempts(run, plan, cs, ps, results) for run, plan, cs, ps in zip(runs, plans, per_run, programs)]
+                for v, ps in zip(views, programs) for p in ps]
+        results = pool.run(jobs)
+        prompts_per_run = [len(plan.prompts) for plan in plans]
+        per_run = zip(split_by_counts(completions, prompts_per_run, "completions by task"),
+                      split_by_counts(programs, prompts_per_run, "programs by task"),
+                      split_by_counts(results, [n * per_view for n in prompts_per_run], "results by task"))
+        return [run_attempts(run, plan, cs, ps, rs) for run, plan, (cs, ps, rs) in zip(runs, plans, per_run)]
 
 
-def run_attempts(run: TaskRun, plan: SearchPlan, completions: list[list[Completion]], programs: list[list[str | None]],
-                 results: Iterator[ExecutionResult]) -> list[Attempt]:
-    """One run's attempts, per view and sample; its programs' results are the next ones of `results`."""
-    return [make_attempt(run.task, v, c, p, next(results), run.round, prompt_hash(prompt), run.settings.model_id)
-            for v, prompt, cs, ps in zip(plan.views, plan.prompts, completions, programs) for c, p in zip(cs, ps)]
+def run_attempts(run: TaskRun, plan: SearchPlan, completions: list[list[Completion]],
+                 programs: list[list[str | None]], results: list[ExecutionResult]) -> list[Attempt]:
+    """One run's attempts, per view and sample; `results` holds its programs' results in that order."""
+    sampled = [(v, prompt_hash(prompt), c, p) for v, prompt, cs, ps in zip(plan.views, plan.prompts, completions, programs)
+               for c, p in zip(cs, ps)]
+    assert len(sampled) == len(results), f"task {run.task.id}: {len(results)} results for {len(sampled)} programs"
+    return [make_attempt(run.task, v, c, p, r, run.round, h, run.settings.model_id)
+            for (v, h, c, p), r in zip(sampled, results)]
 
 
 # --- stopping -----------------------------------------------------------------------------------
@@ -242,24 +264,23 @@ def best_train_score(attempts: list[Attempt]) -> float:
     return max((a.scores.train.pixel_score for a in attempts), default=0.0)
 
 
-def stop_reason(attempts: list[Attempt], cfg: LoopConfig, round_: int, started: float,
-                deadline: float | None, round_s: float) -> str | None:
-    """Why the task should stop after `round_`, or None to go on.
+def stop_reason(run: TaskRun, deadline: float | None, round_s: float) -> str | None:
+    """Why `run` should stop after the round it just finished, or None to go on.
 
     Args:
-        started: time.monotonic() when the task started (cfg.task_time_s counts from it).
         deadline: time.monotonic() by which the task's rounds must have ended; None = no limit.
         round_s: seconds the round just finished took, the estimate of the next one: a round that
             would end after the deadline does not start (the deadline protects other tasks' time,
             unlike the task's own budget, which only stops new rounds once spent).
     """
+    cfg = run.settings.loop
     needed = {"two-solutions": 2, "one-solution": 1, "never": None}[cfg.stop]
-    if needed is not None and num_solutions(attempts) >= needed:
+    if needed is not None and num_solutions(run.attempts) >= needed:
         return "solved"
-    if round_ >= cfg.max_rounds:
+    if run.round - 1 >= run.max_rounds:
         return "max-rounds"
     now = time.monotonic()
-    if cfg.task_time_s != -1 and now - started >= cfg.task_time_s:
+    if cfg.task_time_s != -1 and now - run.started >= cfg.task_time_s:
         return "task-time"
     if deadline is not None and now + round_s > deadline:
         return "deadline"
@@ -272,28 +293,27 @@ def conclude(task: Task, attempts: list[Attempt]) -> tuple[list[list[Grid]], Tas
     return predictions, score_task(task, attempts, predictions)
 
 
-# --- the algorithm ------------------------------------------------------------------------------
+# --- one round ----------------------------------------------------------------------------------
 
-def start_run(task: Task, settings: LoopSettings, slot: int = 0,
-              on_round: Callable[[list[Attempt], RoundStats], None] | None = None,
-              on_phase: Callable[[PhaseEvent], None] | None = None) -> TaskRun:
-    """A task before its first round, learning in the engine's adapter `slot`; its generator comes from
-    the seed and the task id alone."""
+def start_run(task: Task, settings: LoopSettings, adapter: int = 0, max_rounds: int | None = None) -> TaskRun:
+    """A task before its first round, learning in the engine's `adapter`, with up to `max_rounds` learning
+    rounds (None: the run's); its generator comes from the seed and the task id alone."""
     rng = np.random.default_rng([settings.loop.seed, int(hashlib.sha256(task.id.encode()).hexdigest()[:8], 16)])
-    return TaskRun(task, settings, rng, time.monotonic(), slot, on_round, on_phase)
+    rounds = settings.loop.max_rounds if max_rounds is None else max_rounds
+    return TaskRun(task, settings, rng, time.monotonic(), adapter, rounds)
 
 
 def learn(run: TaskRun, engine: Engine, timer: PhaseTimer) -> int:
-    """Before a round's search: in round 0, a fresh LoRA in the run's slot; after it, fine-tune that LoRA
+    """Before a round's search: in round 0, a fresh LoRA in the run's adapter; after it, fine-tune that LoRA
     on the last round's attempts, relabelled. Returns the number of examples fine-tuned on."""
     if run.round == 0:
         with timer("reset"):
-            engine.reset(adapter=run.slot)  # a fresh LoRA and optimizer for every task
+            engine.reset(adapter=run.adapter)  # a fresh LoRA and optimizer for every task
         return 0
     with timer("relabelling"):
         chosen = training_set(run.task, run.attempts, run.round - 1, run.trained, run.settings.relabel, run.rng)
         run.trained |= {train_fingerprint(a) for a in chosen}
-        fmt = PROMPT_FORMATS[run.settings.loop.prompt_format]
+        fmt = run.settings.prompt_format
         prune = fmt.prune if run.settings.relabel.prune_programs else None
         examples = []
         for a in chosen:
@@ -301,38 +321,42 @@ def learn(run: TaskRun, engine: Engine, timer: PhaseTimer) -> int:
             examples.append((fmt.build(relabelled), prune(a.response, relabelled) if prune else a.response))
     if examples:
         with timer("finetuning"):
-            engine.finetune(examples, run.settings.finetune, seed=int(run.rng.integers(2**31)), adapter=run.slot)
+            engine.finetune(examples, run.settings.finetune, seed=int(run.rng.integers(2**31)), adapter=run.adapter)
     return len(examples)
 
 
+@dataclass(frozen=True, slots=True)
+class RoundDone:
+    """A task finished a round: its new attempts and the round's stats (already added to its run)."""
+    task: Task
+    attempts: list[Attempt]
+    stats: RoundStats
+
+
 def run_round(runs: list[TaskRun], engine: Engine, pool: SandboxPool,
-              deadline: Callable[[], float | None] | None = None) -> None:
-    """One round of every task in `runs`, in lockstep; each one's `reason` says afterwards if it stops.
+              on_phase: Callable[[PhaseEvent], None] | None = None) -> list[RoundDone]:
+    """One round of every task in `runs`, in lockstep: each learns (or starts) in its own adapter, in turn;
+    then one search for all of them. Adds each one's new attempts and stats to its run and returns them.
 
-    Each task learns (or starts) in its own adapter, in turn; then one search for all of them; each
-    records its round (on_round). Shared phases and the round's "other" are split equally among the
-    tasks (`shared_phase`, `finish_timers`), so their RoundStats add up to the round's wall time.
-
-    Args:
-        deadline: asked once after every task's on_round (so its answer may use this round's timings):
-            the time.monotonic() by which the tasks' rounds must have ended, or None. The next round is
-            costed at this round's wall time, all tasks together.
+    Shared phases and the round's "other" are split equally among the tasks (`shared_phase`,
+    `finish_timers`), so their RoundStats add up to the round's wall time.
     """
-    timers = [PhaseTimer(on_start=run.announce) for run in runs]
+    def announcer(run: TaskRun) -> Callable[[str], None] | None:
+        if on_phase is None:
+            return None
+        return lambda phase: on_phase(PhaseEvent(run.task.id, run.round, phase, best_train_score(run.attempts)))
+
+    timers = [PhaseTimer(on_start=announcer(run)) for run in runs]
     num_examples = [learn(run, engine, timer) for run, timer in zip(runs, timers)]
     new = search(runs, engine, pool, timers)
-    seconds = finish_timers(timers)
-    for run, examples, attempts, round_seconds in zip(runs, num_examples, new, seconds):
+    done = []
+    for run, examples, attempts, seconds in zip(runs, num_examples, new, finish_timers(timers)):
         run.attempts += attempts
         stats = RoundStats(run.round, len(attempts), examples, num_solutions(run.attempts),
-                           best_train_score(run.attempts), round_seconds)
+                           best_train_score(run.attempts), seconds)
         run.rounds.append(stats)
-        if run.on_round is not None:
-            run.on_round(attempts, stats)
-    limit = deadline() if deadline is not None else None
-    round_s = sum(sum(s.values()) for s in seconds)
-    for run in runs:
-        run.reason = stop_reason(run.attempts, run.settings.loop, run.round - 1, run.started, limit, round_s)
+        done.append(RoundDone(run.task, attempts, stats))
+    return done
 
 
 def finish_run(run: TaskRun) -> TaskResult:
@@ -343,20 +367,94 @@ def finish_run(run: TaskRun) -> TaskResult:
                       time.monotonic() - run.started)
 
 
-def search_and_learn(task: Task, engine: Engine, pool: SandboxPool, settings: LoopSettings,
-                     on_round: Callable[[list[Attempt], RoundStats], None] | None = None,
-                     on_phase: Callable[[PhaseEvent], None] | None = None,
-                     deadline: Callable[[], float | None] | None = None) -> TaskResult:
-    """Solve one task by rounds of search and hindsight learning in the engine's adapter 0, which is reset
-    before it starts.
+# --- the driver ---------------------------------------------------------------------------------
 
-    Args:
-        on_round: called after every round with that round's new attempts and stats (e.g. to store them).
-        on_phase: called as each phase of a round starts (e.g. to show progress).
-        deadline: asked after every round (after on_round, so its answer may use that round's timings):
-            the time.monotonic() by which the task's rounds must have ended, or None.
+@dataclass(frozen=True, slots=True)
+class TaskStarted:
+    task: Task
+    max_rounds: int                # the run's, or 0: search only, the deadline being near
+
+
+@dataclass(frozen=True, slots=True)
+class TaskDone:
+    task: Task
+    result: TaskResult
+
+
+@dataclass(frozen=True, slots=True)
+class TaskFailed:
+    """An exception in the task's round (every task of a shared round fails with it) or in its conclusion."""
+    task: Task
+    error: Exception
+
+
+@dataclass(frozen=True, slots=True)
+class TasksNotStarted:
+    """The deadline leaves no time for these tasks' searches; they get no attempts."""
+    tasks: list[Task]
+
+
+Event = TaskStarted | RoundDone | TaskDone | TaskFailed | TasksNotStarted
+
+
+def run_tasks(tasks: Sequence[Task], engine: Engine, pool: SandboxPool, settings: LoopSettings,
+              planner: DeadlinePlanner, tasks_in_flight: int = 1,
+              on_phase: Callable[[PhaseEvent], None] | None = None) -> Iterator[Event]:
+    """Search and learn on `tasks` in order, `tasks_in_flight` at a time in lockstep rounds, each in its own
+    adapter; a task that stops hands its adapter to the next task at once. Yields what happens, in order.
+
+    The caller consumes each event before the next round runs (a `RoundDone` can be stored before the
+    driver decides who stops). An exception in a round fails every task of it (they share its sampling call
+    and sandbox batch); the next tasks go on.
     """
-    run = start_run(task, settings, 0, on_round, on_phase)
-    while run.reason is None:
-        run_round([run], engine, pool, deadline)
-    return finish_run(run)
+    if engine.num_adapters < tasks_in_flight:
+        raise ValueError(f"--tasks-in-flight {tasks_in_flight} needs an engine with one LoRA adapter per task in "
+                         f"flight; this one has num_adapters={engine.num_adapters}")
+    queue, runs = deque(tasks), []
+    while True:
+        while queue and len(runs) < tasks_in_flight:  # fill the free adapters
+            if not planner.may_start():
+                yield TasksNotStarted(list(queue))
+                queue.clear()
+                break
+            task = queue.popleft()
+            adapter = min(set(range(tasks_in_flight)) - {r.adapter for r in runs})
+            max_rounds = settings.loop.max_rounds if planner.may_learn(len(queue) + 1) else 0
+            runs.append(start_run(task, settings, adapter, max_rounds))
+            yield TaskStarted(task, max_rounds)
+        if not runs:
+            return
+        try:
+            done = run_round(runs, engine, pool, on_phase)
+        except Exception as e:  # the round's tasks share its sampling call and sandbox batch: all of them fail
+            for r in runs:
+                yield TaskFailed(r.task, e)
+            runs = []
+            continue
+        for event in done:
+            planner.observe(event.stats)
+            yield event
+        deadline = planner.task_deadline(len(queue) + 1)
+        round_s = sum(sum(e.stats.seconds.values()) for e in done)
+        for r in runs:
+            r.reason = stop_reason(r, deadline, round_s)
+        for r in [r for r in runs if r.reason is not None]:
+            try:
+                result = finish_run(r)
+            except Exception as e:  # one broken task must not cost the others
+                yield TaskFailed(r.task, e)
+            else:
+                yield TaskDone(r.task, result)
+        runs = [r for r in runs if r.reason is None]
+
+
+def search_and_learn(task: Task, engine: Engine, pool: SandboxPool, settings: LoopSettings,
+                     on_phase: Callable[[PhaseEvent], None] | None = None) -> TaskResult:
+    """Solve one task by rounds of search and hindsight learning in the engine's adapter 0 (reset before it
+    starts), with no deadline: `run_tasks` on one task."""
+    for event in run_tasks([task], engine, pool, settings, DeadlinePlanner(-1, 0), 1, on_phase):
+        if isinstance(event, TaskFailed):
+            raise event.error
+        if isinstance(event, TaskDone):
+            return event.result
+    raise AssertionError(f"task {task.id}: the driver ended without a result")

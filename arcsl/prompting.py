@@ -1,11 +1,18 @@
 """Prompting: a view of a task -> the prompt the model sees; a completion -> program text.
 
+A `PromptFormat` is one object holding everything a model family needs: how a view becomes a prompt,
+how the program is read from a completion, where sampling may stop (a `StopRule` the engine calls
+without knowing what it looks for), which DSL file the sandbox lets its programs import, and an
+optional pruning hook for relabelled programs. This module defines `BARC_FORMAT`; other domains define
+their own (the toy domain's is `arcsl.toy.prompt.TOY_FORMAT`), and the edge (`arcsl.catalog`) maps the
+names a user types to them.
+
 The BARC induction model answers with some prose and then a ```python fenced block holding the
-program (spec: /work/shared/spec/barc-prompt.md, "What the model writes"). `extract_program`
-takes the first such block, falling back to the first bare ``` block, and returns its text
-exactly as written: no line is dropped, stripped or rewritten (a dropped line can break the
-indentation of the next). The entry point is `transform`, with `main` as the fallback for older
-seed programs; the sandbox looks it up when it runs the program (arcsl.sandbox.ENTRY_POINTS).
+program: what the BARC induction models (xu3kev/BARC) were trained to write. `extract_program` takes the
+first such block, falling back to the first bare ``` block, and returns its text exactly as written:
+no line is dropped, stripped or rewritten (a dropped line can break the indentation of the next). The
+entry point is `transform`, with `main` as the fallback for older seed programs; the sandbox looks it
+up when it runs the program (arcsl.sandbox.ENTRY_POINTS).
 
 What is covered:
 - fences that start their line, indented or not; an indented fence has its indentation removed
@@ -13,7 +20,12 @@ What is covered:
 - info strings `python`, `py`, `python3` in any case; other languages (```text, ```json) are skipped;
 - an unclosed fence (the model hit its token limit): the block runs to the end of the completion,
   and the sandbox classifies whatever that is;
-- blank blocks are skipped.
+- blank blocks are skipped;
+- BARC's stop rule, `code_end`, reads blocks exactly as `extract_program` does and stops only once the
+  answer is settled: a closed, non-blank python block whose closing fence line has ended. Text cut there
+  gives the same program as the whole completion would, whatever follows (a property test checks it).
+  A completion whose program sits in a bare ``` block is not stopped early (a later ```python block
+  would take precedence); it ends at the end token, as the model writes one after its code.
 
 What is not covered:
 - a fence that does not start its line ("here it is: ```python"), and ``` inside the program's own
@@ -21,10 +33,6 @@ What is not covered:
 - choosing between several python blocks: the first non-blank one wins.
 
 A completion without a program gives None, and the sandbox reports that as ErrorKind.NO_CODE.
-
-`PROMPT_FORMATS` names each model family's format: how a view becomes a prompt, how the program is
-read from a completion, and which DSL file its programs import (`barc`: chat prompt, fenced code,
-`common`; `toy`: plain-text grids, the completion is the program, `draw`).
 """
 
 import re
@@ -32,11 +40,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from arcsl.engine import ChatPrompt
+from arcsl.engine.types import ChatPrompt, StopRule
 from arcsl.grids import Grid, Task
 from arcsl.gridtext import grid_to_barc
 from arcsl.sandbox import DSL_PATH
-from arcsl.toy.prompt import pruned_program, task_prompt
 
 PYTHON_INFO_STRINGS = frozenset({"python", "py", "python3"})
 
@@ -50,21 +57,50 @@ def extract_program(completion: str) -> str | None:
     >>> extract_program("Here:\\n```python\\ndef transform(g):\\n    return g\\n```\\nDone.")
     'def transform(g):\\n    return g\\n'
     """
-    blocks = [(info, body) for info, body in _fenced_blocks(completion) if body.strip()]
-    for info, body in blocks:
-        if info.lower() in PYTHON_INFO_STRINGS:
-            return body
-    for info, body in blocks:
-        if not info:
-            return body
+    blocks = [b for b in _fenced_blocks(completion) if b.body.strip()]
+    for block in blocks:
+        if block.info.lower() in PYTHON_INFO_STRINGS:
+            return block.body
+    for block in blocks:
+        if not block.info:
+            return block.body
     return None
 
 
-def _fenced_blocks(text: str) -> Iterator[tuple[str, str]]:
-    """(info string, body) for each fenced block in order; a body keeps its final newline."""
+def code_end(completion: str) -> int | None:
+    """BARC's stop rule: the end of the closing fence of the program `extract_program` returns, once that
+    fence's line has ended (a later character could still make it no fence); None until then.
+
+    >>> text = "Plan:\\n```text\\nsteps\\n```\\n```python\\nx = 1\\n```\\nDone"
+    >>> text[code_end(text):]
+    '\\nDone'
+    >>> code_end("Plan:\\n```python\\nx = 1\\n```") is None  # the fence line may still grow (````, ```python)
+    True
+    """
+    if "```" not in completion:  # the common case while the model writes prose: no block has started
+        return None
+    complete_lines = completion[:completion.rfind("\n") + 1]
+    for block in _fenced_blocks(complete_lines):
+        if block.end is not None and block.info.lower() in PYTHON_INFO_STRINGS and block.body.strip():
+            return block.end
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class _Block:
+    info: str        # the opening fence's info string ("python", "" for a bare fence)
+    body: str        # the lines between the fences, dedented; keeps its final newline when closed
+    end: int | None  # index just past the closing fence line's text (before its newline); None: unclosed
+
+
+def _fenced_blocks(text: str) -> Iterator[_Block]:
+    """Each fenced block of `text`, in order."""
     # split("\n"), not splitlines(): splitlines also splits on \x0c, \u2028..., which may sit
     # inside the program's string literals.
     lines = text.split("\n")
+    starts = [0]
+    for line in lines:
+        starts.append(starts[-1] + len(line) + 1)
     i = 0
     while i < len(lines):
         opening = _OPENING.fullmatch(lines[i])
@@ -76,9 +112,10 @@ def _fenced_blocks(text: str) -> Iterator[tuple[str, str]]:
             end += 1
         indent = len(opening[1])
         body = "\n".join(_dedent(line, indent) for line in lines[i + 1:end])
-        if end < len(lines):  # closed: the last body line ended with the newline before the fence
+        is_closed = end < len(lines)
+        if is_closed:  # the last body line ended with the newline before the fence
             body += "\n" if i + 1 < end else ""
-        yield opening[2], body
+        yield _Block(opening[2], body, starts[end] + len(lines[end]) if is_closed else None)
         i = end + 1
 
 
@@ -104,7 +141,8 @@ BARC_ASSISTANT_PREFIX = ("Let's solve this puzzle using Python code with the com
 
 
 def barc_user_message(train: list[tuple[Grid, Grid]], test_input: Grid) -> str:
-    """The user turn of the BARC induction models, character for character (shared/spec/barc-prompt.md)."""
+    """The user turn of the BARC induction models, character for character: an introduction, each train pair as
+    `Example i` with its grids in colour names, then the test input and the instruction to write `transform`."""
     examples = "".join(f"Example {i}\nInput:\n{grid_to_barc(a)}\nOutput:\n{grid_to_barc(b)}\n\n"
                        for i, (a, b) in enumerate(train, start=1))
     return (BARC_INTRO + "\nHere are the input and output grids for the reference examples:\n" + examples
@@ -120,22 +158,17 @@ def barc_prompt(view: Task) -> ChatPrompt:
                       assistant_prefix=BARC_ASSISTANT_PREFIX)
 
 
-def bare_program(completion: str) -> str | None:
-    """Formats whose completion is the program itself (the toy model): the text, or None if blank."""
-    return completion if completion.strip() else None
-
-
 @dataclass(frozen=True, slots=True)
 class PromptFormat:
-    """How one model family is spoken to: its prompt, where its program sits, the DSL it imports."""
+    """How one model family is spoken to: its prompt, where its program sits, where sampling may stop,
+    the DSL its programs import, and how a relabelled program may be simplified for training."""
+    name: str  # what --prompt-format calls it
     build: Callable[[Task], ChatPrompt | str]
     extract: Callable[[str], str | None]
+    stop: StopRule | None  # handed to the engine; None: samples end at an end token or the token limit
     dsl_path: Path  # importable in the sandbox by its file stem (`common`, `draw`)
     # (completion, relabelled task) -> the completion to train on, simplified; None: trained on as written
     prune: Callable[[str, Task], str] | None = None
 
 
-PROMPT_FORMATS: dict[str, PromptFormat] = {
-    "barc": PromptFormat(barc_prompt, extract_program, DSL_PATH),
-    "toy": PromptFormat(task_prompt, bare_program, Path(__file__).parent / "toy" / "draw.py", pruned_program),
-}
+BARC_FORMAT = PromptFormat("barc", barc_prompt, extract_program, code_end, DSL_PATH)

@@ -103,7 +103,7 @@ def score_attempt(task: Task, train_outputs: Sequence[Grid | None] | None,
     return AttemptScores(train, test)
 
 
-@dataclass(frozen=True, slots=True, eq=False)
+@dataclass(frozen=True, slots=True, eq=False, kw_only=True)
 class Attempt:
     """One sampled program and what it produced, in the original task's orientation, colours and train order.
 
@@ -122,8 +122,8 @@ class Attempt:
     augmentation: Augmentation | None = None   # the view the prompt showed; None = the task as published
     prompt_hash: str = ""
     response: str = ""                         # the model's full completion text
-    model_id: str = ""                         # base model and adapter that sampled it
-    timings: dict[str, float] = field(default_factory=dict)  # seconds by phase, e.g. {"execute": 0.12}
+    model_id: str = ""                         # the base model that sampled it (hub id or path), as --model gave it
+    timings: dict[str, float] = field(default_factory=dict)  # seconds by phase, e.g. {"execution": 0.12}
 
     @property
     def is_valid_code(self) -> bool:

@@ -31,8 +31,8 @@ from benchlib import (build_model, code_tokenizer, error_text, finish, header, p
                       random_ids, sync)
 
 from arcsl.config import FinetuneConfig, ModelConfig, SamplingConfig
-from arcsl.engine import HFEngine
-from arcsl.sampler import pick_tokens
+from arcsl.engine.hf import HFEngine
+from arcsl.engine.sampler import pick_tokens
 
 NUM_ADAPTERS = 5  # the most adapters the adapters section mixes
 LORA = ModelConfig(model="random-llama", lora_rank=32, lora_alpha=32, num_adapters=NUM_ADAPTERS)
@@ -150,7 +150,7 @@ def bench_step_parts(engine: HFEngine, vocab: int) -> dict:
     (the model) and the token choice (softmax, top-p sort, draw), and the weight-read floor."""
     cfg = replace(BASE, num_samples=128, max_new_tokens=256)
     engine.sample([random_ids(1000, vocab, torch.Generator().manual_seed(4))], cfg)
-    decoder = next(d for key, d in engine.decoders.items() if key[:2] == (1, 128))
+    decoder = next(d for key, d in engine.decoders.kept.items() if key[:2] == (1, 128))
     tokens = torch.zeros(128, dtype=torch.long, device=engine.device)
     logits = torch.randn(128, vocab, device=engine.device) * 3
     gen = torch.Generator(engine.device).manual_seed(0)
@@ -174,7 +174,7 @@ def keep_sampler_memory(engine: HFEngine, tiny: bool, vocab: int) -> float:
     of 3,000-token prompts with up to 1,024 new tokens (caches prefilled). Returns its GB."""
     num, prompt_len, new = (2, 40, 16) if tiny else (16, 3000, 1024)
     gen = torch.Generator().manual_seed(5)
-    decoder = engine._decoder(num, 8, replace(BASE, num_samples=8, max_new_tokens=new))
+    decoder = engine.decoders.get(num, 8, replace(BASE, num_samples=8, max_new_tokens=new))
     decoder.load([random_ids(prompt_len, vocab, gen) for _ in range(num)])
     decoder.prefill()
     return round(decoder.nbytes / 1e9, 1)
@@ -241,9 +241,9 @@ def check_decoder(engine: HFEngine, tiny: bool, vocab: int) -> dict:
             sequence.append(int(ref.argmax()))
             cached, cache = last_logits(sequence[-1:], past_key_values=cache, use_cache=True)
     cfg = replace(BASE, num_samples=2, max_new_tokens=9)
-    engine.weights.prepare(cfg.merge_lora, engine.lora_versions[0], lora_is_zero=False)
+    engine.weights.prepare(cfg.merge_lora, engine.versions[0], lora_is_zero=False)
     try:
-        decoder = engine._decoder(1, 2, cfg)
+        decoder = engine.decoders.get(1, 2, cfg)
         decoder.load([ids])
         ours, logits = [], decoder.prefill()
         for step, ref in enumerate(refs):
@@ -294,8 +294,8 @@ def check_paths_agree(device: torch.device) -> dict:
                                        "gpu eager no graphs": (eager, False),
                                        "gpu eager no graphs mixed": (eager, True)}.items():
             texts[name] = adapter_texts(gpu, prompts, replace(greedy, **changes), mixed)
-        if gpu.compile_error:
-            texts["gpu compile error"] = gpu.compile_error
+        if gpu.decoders.compile_error:
+            texts["gpu compile error"] = gpu.decoders.compile_error
     reference = texts["cpu not merged"]
     return {"paths": sorted(texts), "identical": all(t == reference for t in texts.values()),
             "adapters_differ": reference[:len(prompts)] != reference[len(prompts):],
@@ -385,7 +385,7 @@ def main(argv: list[str] | None = None) -> dict:
             result["errors"][name] = error_text(e)
         if args.out:  # what is done so far survives a time limit
             Path(args.out).write_text(json.dumps(result) + "\n")
-    result["compile_error"] = engine.compile_error
+    result["compile_error"] = engine.decoders.compile_error
     print_report(result)
     return finish(result, args.out)
 

@@ -27,7 +27,7 @@ from benchlib import (build_model, code_tokenizer, dataset, finish, header, medi
 
 from arcsl.augment import augment, random_augmentation
 from arcsl.config import FinetuneConfig, ModelConfig, SamplingConfig
-from arcsl.engine import HFEngine
+from arcsl.engine.hf import HFEngine
 from arcsl.prompting import barc_prompt
 
 
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = header("overhead", device, argv) | {
         "model": "tiny llama" if args.tiny else "llama-3.1-8b shape, random bf16",
         "views": views, "samples_per_view": 8, "new_tokens": new, "examples": len(examples),
-        "prompt_tokens": [len(engine.encode_prompt(p)) for p in prompts]}
+        "prompt_tokens": [len(engine.codec.encode_prompt(p)) for p in prompts]}
     print(f"{result['device']}: {views} views x 8 samples x {new} new tokens, "
           f"prompts of {min(result['prompt_tokens'])}-{max(result['prompt_tokens'])} tokens", flush=True)
 

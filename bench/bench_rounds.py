@@ -38,8 +38,8 @@ from benchlib import (ProgramEngine, build_model, code_tokenizer, dataset, finis
 
 from arcsl.config import (DataConfig, FinetuneConfig, LoopConfig, ModelConfig, RelabelConfig, RunConfig,
                           SamplingConfig, SandboxConfig, SolveConfig)
-from arcsl.engine import HFEngine
-from arcsl.prompting import barc_prompt
+from arcsl.engine.hf import HFEngine
+from arcsl.prompting import BARC_FORMAT, barc_prompt
 from arcsl.solve import solve
 from arcsl.store import open_store
 
@@ -62,10 +62,10 @@ def solve_config(args, rounds: int, task_ids: list[str], output_dir: Path) -> So
         sampling=SamplingConfig(max_new_tokens=args.max_new_tokens, ignore_eos=True),
         finetune=FinetuneConfig(),
         relabel=RelabelConfig(max_examples=args.train_examples // rounds),
-        loop=LoopConfig(initial_predictions=per_search, predictions_per_round=per_search, max_rounds=rounds,
-                        samples_per_view=args.samples_per_view, stop="never", tasks_in_flight=in_flight),
+        loop=LoopConfig(initial_programs=per_search, programs_per_round=per_search, max_rounds=rounds,
+                        samples_per_view=args.samples_per_view, stop="never"),
         sandbox=SandboxConfig(),
-        run=RunConfig(output_dir=str(output_dir), progress=False))
+        run=RunConfig(output_dir=str(output_dir), progress=False, tasks_in_flight=in_flight))
 
 
 def check_args(args) -> None:
@@ -98,7 +98,7 @@ def measure(args, rounds: int, task_ids: list[str], engine: ProgramEngine, work_
     shutil.rmtree(output_dir, ignore_errors=True)
     engine.sample_stats, engine.finetune_stats = [], []
     started = time.perf_counter()
-    solve(solve_config(args, rounds, task_ids, output_dir), engine=engine)
+    solve(solve_config(args, rounds, task_ids, output_dir), BARC_FORMAT, engine=engine)
     wall = time.perf_counter() - started
     with open_store(output_dir / "results.sqlite", resume=True) as store:
         timings = store.phase_timings()
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--train-examples", type=int, default=None, help="per task, all rounds; default: 2 tiny, 21")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="per sample; default: 8 tiny, 400")
     parser.add_argument("--tasks-in-flight", type=int, default=1,
-                        help="tasks searched together, one LoRA adapter each (LoopConfig.tasks_in_flight); "
+                        help="tasks searched together, one LoRA adapter each (RunConfig.tasks_in_flight); "
                              "0 = rounds + 1 per configuration (equal rows per decode step)")
     parser.add_argument("--work-dir", default=None, help="where the runs' output directories go (default: a temp dir)")
     parser.add_argument("--out", default=None, help="also write the JSON result to this file")
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
     task_ids = median_tasks(DATASET, args.num_tasks)
     result = header("rounds", device, argv) | {
         "model": f"{args.arch}, random weights", "tasks": task_ids,
-        "prompt_tokens": {t.id: len(engine.encode_prompt(barc_prompt(t)))
+        "prompt_tokens": {t.id: len(engine.codec.encode_prompt(barc_prompt(t)))
                           for t in dataset(DATASET) if t.id in task_ids},
         "settings": {k: getattr(args, k) for k in [*defaults, "tasks_in_flight"]}}
     result["warm_up_s"] = round(warm_up(engine, args), 1)

@@ -23,7 +23,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from arcsl.engine import Completion, SampleResult  # noqa: E402
+from arcsl.engine.types import Completion, SampleResult  # noqa: E402
 
 LLAMA_8B = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
                 num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=131072,
@@ -205,8 +205,8 @@ class ProgramEngine:
         self.num_adapters = engine.num_adapters
         self.sample_stats, self.finetune_stats = [], []
 
-    def sample(self, prompts, cfg, seed: int = 0, adapters=None) -> SampleResult:
-        result = self.engine.sample(prompts, cfg, seed, adapters)
+    def sample(self, prompts, cfg, seed: int = 0, adapters=None, stop=None) -> SampleResult:
+        result = self.engine.sample(prompts, cfg, seed, adapters, stop)
         rng = random.Random(seed)
         completions = [[Completion(program_completion(rng.choice(self.pool)), c.num_tokens, c.finish_reason)
                         for c in cs] for cs in result.completions]

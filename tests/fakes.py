@@ -3,7 +3,7 @@ and a fake clock, so deadlines and time budgets are tested without waiting."""
 
 from dataclasses import dataclass, field
 
-from arcsl.engine import ChatPrompt, Completion, SampleResult, SampleStats
+from arcsl.engine.types import ChatPrompt, Completion, SampleResult, SampleStats
 
 
 def fenced(program: str) -> str:
@@ -55,11 +55,13 @@ class ScriptedEngine:
     sampled_adapters: list[list[int]] = field(default_factory=list)  # adapter per prompt, per sample() call
     finetuned_adapters: list[int] = field(default_factory=list)      # adapter per finetune() call
     reset_adapters: list[int | None] = field(default_factory=list)   # adapter per reset() call (None: all)
+    stops: list = field(default_factory=list)              # the stop rule of each sample() call (texts are not cut)
     num_resets: int = 0
     num_calls: dict[str, int] = field(default_factory=dict)  # method -> calls so far, failed ones included
 
-    def sample(self, prompts, cfg, seed=0, adapters=None) -> SampleResult:
+    def sample(self, prompts, cfg, seed=0, adapters=None, stop=None) -> SampleResult:
         self._maybe_fail("sample")
+        self.stops.append(stop)
         self.sampled.append(len(prompts))
         self.sampled_adapters.append(list(adapters) if adapters is not None else [0] * len(prompts))
         self.prompts += prompts
@@ -70,7 +72,9 @@ class ScriptedEngine:
             text = p.messages[-1]["content"] if isinstance(p, ChatPrompt) else p
             script = self.scripts[text.count("\nExample ")]
             out.append([Completion(script[(seed + i) % len(script)], 10, "stop") for i in range(cfg.num_samples)])
-        stats = SampleStats(len(prompts), len(prompts) * cfg.num_samples, 1, 0, 0, 0, 0.0, 0.0, 0.0, 0.0, 0.0)
+        stats = SampleStats(num_prompts=len(prompts), num_samples=len(prompts) * cfg.num_samples, num_batches=1,
+                            num_oom_retries=0, num_prompt_tokens=0, num_output_tokens=0, prefill_s=0.0, decode_s=0.0,
+                            total_s=0.0, output_tokens_per_s=0.0, peak_memory_gb=0.0)
         return SampleResult(out, stats)
 
     def finetune(self, examples, cfg, seed=0, adapter=0):

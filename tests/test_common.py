@@ -1,6 +1,7 @@
 """Tests for arcsl/dsl/common.py, the clean-room BARC `common` DSL.
 
-Expected values come from the behavioural spec (/work/shared/spec/barc-dsl.md), gotchas included.
+Expected values are the behaviour of BARC's original `common` module (xu3kev/BARC), observed by running it
+under Python 3.11, numpy 2.4 and scipy 1.17, its odd corners included: programs depend on them.
 Coordinates are grid[x, y] with x on axis 0.
 """
 

@@ -2,18 +2,20 @@
 loading."""
 
 import json
+import subprocess
+import sys
 from dataclasses import replace
 
 import pytest
 import torch
 from tiny_lm import COMPLETION, OTHER_PROMPT, PROMPT, one_thread, tiny_engine, tiny_llama, tokenizer  # noqa: F401
 
-from arcsl import decode_weights
 from arcsl.config import FinetuneConfig, ModelConfig, SamplingConfig
-from arcsl.engine import HFEngine, load_engine
-from arcsl.sampler import SharedPrefixDecoder
+from arcsl.engine import decode_weights
+from arcsl.engine.hf import HFEngine, load_engine
+from arcsl.engine.sampler import SharedPrefixDecoder
 
-GREEDY = SamplingConfig(num_samples=2, temperature=0, max_new_tokens=30, stop_at_code_end=False)
+GREEDY = SamplingConfig(num_samples=2, temperature=0, max_new_tokens=30)
 TRAIN = FinetuneConfig(learning_rate=3e-3, max_seq_len=256, max_tokens_per_micro_batch=256)
 
 
@@ -23,19 +25,19 @@ def greedy_texts(engine) -> list[list[str]]:
 
 def test_chat_prompt_is_the_template_then_the_prefix_with_a_single_bos(tokenizer):
     engine = tiny_engine(tokenizer)
-    text = engine.render(PROMPT)
+    text = engine.codec.render(PROMPT)
     assert text.startswith("<|begin_of_text|><|start_header_id|>system")
     assert text.endswith("<|start_header_id|>assistant<|end_header_id|>\n\nHere is the code:\n")
-    ids = engine.encode_prompt(PROMPT)
+    ids = engine.codec.encode_prompt(PROMPT)
     assert ids.count(tokenizer.bos_token_id) == 1 and ids[0] == tokenizer.bos_token_id
     assert tokenizer.decode(ids) == text
 
 
 def test_end_of_turn_comes_from_the_chat_template_and_padding_is_neither(tokenizer):
     engine = tiny_engine(tokenizer)
-    assert tokenizer.convert_ids_to_tokens(engine.end_of_turn_id) == "<|eot_id|>"
-    assert set(engine.stop_ids) == {engine.end_of_turn_id, tokenizer.eos_token_id}
-    assert tokenizer.convert_ids_to_tokens(engine.pad_id) == "<|finetune_right_pad_id|>"
+    assert tokenizer.convert_ids_to_tokens(engine.codec.end_of_turn_id) == "<|eot_id|>"
+    assert set(engine.codec.stop_ids) == {engine.codec.end_of_turn_id, tokenizer.eos_token_id}
+    assert tokenizer.convert_ids_to_tokens(engine.codec.pad_id) == "<|finetune_right_pad_id|>"
 
 
 def test_reset_gives_bit_identical_greedy_outputs_to_a_fresh_adapter(tokenizer):
@@ -48,8 +50,8 @@ def test_reset_gives_bit_identical_greedy_outputs_to_a_fresh_adapter(tokenizer):
     assert greedy_texts(tiny_engine(tokenizer)) == fresh  # a new engine, same seeds
     decoder = SharedPrefixDecoder(engine.weights, 1, 1, 1, False)
     new = SharedPrefixDecoder(tiny_engine(tokenizer).weights, 1, 1, 1, False)
-    decoder.load([engine.encode_prompt(PROMPT)])
-    new.load([engine.encode_prompt(PROMPT)])
+    decoder.load([engine.codec.encode_prompt(PROMPT)])
+    new.load([engine.codec.encode_prompt(PROMPT)])
     assert torch.equal(decoder.prefill(), new.prefill())  # bit for bit, not only the argmax
     # and training after a reset repeats training from scratch: the optimizer state was cleared too
     first = engine.finetune([(PROMPT, COMPLETION)] * 3, TRAIN).losses
@@ -81,10 +83,10 @@ def test_merged_and_unmerged_lora_decode_like_the_model_and_the_base_weights_com
     assert all(torch.equal(a, b) for a, b in zip(before, base_weights(engine)))  # restored bit for bit
     unmerged = engine.sample([PROMPT, OTHER_PROMPT], replace(GREEDY, merge_lora=False)).completions
     assert [[c.text for c in cs] for cs in merged] == [[c.text for c in cs] for cs in unmerged] != fresh
-    ids = torch.tensor([engine.encode_prompt(PROMPT)])  # the model's own forward, LoRA layers and all
-    out = engine.lm.generate(ids, max_new_tokens=30, do_sample=False, eos_token_id=engine.stop_ids,
-                             pad_token_id=engine.pad_id)[0, ids.shape[1]:].tolist()
-    end = next((i for i, t in enumerate(out) if t in engine.stop_ids), len(out))
+    ids = torch.tensor([engine.codec.encode_prompt(PROMPT)])  # the model's own forward, LoRA layers and all
+    out = engine.lm.generate(ids, max_new_tokens=30, do_sample=False, eos_token_id=engine.codec.stop_ids,
+                             pad_token_id=engine.codec.pad_id)[0, ids.shape[1]:].tolist()
+    end = next((i for i, t in enumerate(out) if t in engine.codec.stop_ids), len(out))
     assert merged[0][0].text == tokenizer.decode(out[:end])
 
 
@@ -106,15 +108,15 @@ def test_the_base_weights_come_back_when_sampling_fails_with_the_lora_merged(tok
 def test_decoders_are_kept_across_calls_and_read_the_current_lora(tokenizer):
     engine = tiny_engine(tokenizer)
     greedy_texts(engine)
-    [decoder] = engine.decoders.values()
+    [decoder] = engine.decoders.kept.values()
     engine.finetune([(PROMPT, COMPLETION)] * 5, TRAIN)
     for merge in (True, False):
         kept = engine.sample([PROMPT, OTHER_PROMPT], replace(GREEDY, merge_lora=merge)).completions
-        assert list(engine.decoders.values()) == [decoder]  # same caches (and, on a GPU, the same graphs)
+        assert list(engine.decoders.kept.values()) == [decoder]  # same caches (and, on a GPU, the same graphs)
         engine.release_sampler_memory()
         rebuilt = engine.sample([PROMPT, OTHER_PROMPT], replace(GREEDY, merge_lora=merge)).completions
         assert kept == rebuilt
-        decoder = engine.decoders[next(iter(engine.decoders))]
+        decoder = engine.decoders.kept[next(iter(engine.decoders.kept))]
 
 
 def test_out_of_memory_halves_the_batch_and_retries(tokenizer, monkeypatch):
@@ -136,7 +138,7 @@ def test_out_of_memory_halves_the_batch_and_retries(tokenizer, monkeypatch):
 
 def test_the_samples_of_a_prompt_are_split_over_batches_when_they_exceed_the_batch_size(tokenizer):
     engine = tiny_engine(tokenizer)
-    cfg = SamplingConfig(num_samples=5, temperature=0, max_new_tokens=10, stop_at_code_end=False, max_batch_size=2)
+    cfg = SamplingConfig(num_samples=5, temperature=0, max_new_tokens=10, max_batch_size=2)
     result = engine.sample([PROMPT, OTHER_PROMPT], cfg)
     assert result.stats.num_batches == 6 and [len(cs) for cs in result.completions] == [5, 5]
     assert len({c.text for c in result.completions[0]}) == 1  # greedy: every split gives the same text
@@ -144,7 +146,7 @@ def test_the_samples_of_a_prompt_are_split_over_batches_when_they_exceed_the_bat
 
 def test_an_engine_without_tokenizer_takes_token_ids(tokenizer):
     engine = HFEngine(tiny_llama(tokenizer), None, ModelConfig(model="tiny", lora_rank=4))
-    cfg = SamplingConfig(num_samples=3, max_new_tokens=8, ignore_eos=True, stop_at_code_end=False)
+    cfg = SamplingConfig(num_samples=3, max_new_tokens=8, ignore_eos=True)
     result = engine.sample([[5, 6, 7], [8, 9]], cfg)
     assert result.stats.num_output_tokens == 2 * 3 * 8
     assert engine.finetune([([5, 6, 7], [9, 10])], FinetuneConfig()).num_loss_tokens == 3
@@ -156,7 +158,7 @@ def test_load_engine_reads_the_model_and_tokenizer_from_a_directory(tokenizer, t
     tiny_llama(tokenizer).save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
     engine = load_engine(ModelConfig(model=str(tmp_path), device="cpu", lora_rank=4, lora_targets="attention"))
-    assert engine.lm.dtype == torch.float32 and engine.render(PROMPT) == tiny_engine(tokenizer).render(PROMPT)
+    assert engine.lm.dtype == torch.float32 and engine.codec.render(PROMPT) == tiny_engine(tokenizer).codec.render(PROMPT)
     lora = {n.split(".")[-4] for n, p in engine.model.named_parameters() if p.requires_grad}
     assert lora == {"q_proj", "k_proj", "v_proj", "o_proj"}
 
@@ -240,7 +242,7 @@ def test_a_mixed_call_reads_each_adapters_current_lora_and_refreshes_only_those_
 
     monkeypatch.setattr(decode_weights, "_stack_factors", recording)
     mixed = [[c.text for c in cs] for cs in engine.sample(prompts, GREEDY, adapters=adapters).completions]
-    assert set(refreshed) == {"slot2"}
+    assert set(refreshed) == {"adapter2"}
     assert mixed[2] != [c.text for c in before[2]]
     assert mixed == alone(engine, prompts, adapters, replace(GREEDY, merge_lora=False))
 
@@ -297,7 +299,7 @@ def test_each_adapter_has_its_own_optimizer_state_and_warm_up(tokenizer):
 
 def test_seeded_sampling_with_mixed_adapters_is_reproducible(tokenizer):
     engine = three_adapters(tokenizer)
-    cfg = SamplingConfig(num_samples=3, temperature=1.0, max_new_tokens=20, stop_at_code_end=False)
+    cfg = SamplingConfig(num_samples=3, temperature=1.0, max_new_tokens=20)
 
     def run(seed):
         return [[c.text for c in cs] for cs in engine.sample([PROMPT, OTHER_PROMPT], cfg, seed, [1, 2]).completions]
@@ -305,7 +307,7 @@ def test_seeded_sampling_with_mixed_adapters_is_reproducible(tokenizer):
     assert run(5) == run(5) != run(6)
 
 
-def test_an_adapter_saved_from_one_slot_loads_into_another(tokenizer, tmp_path):
+def test_an_adapter_saved_from_one_adapter_loads_into_another(tokenizer, tmp_path):
     engine = three_adapters(tokenizer)
     engine.save_adapter(tmp_path, adapter=2)
     assert json.loads((tmp_path / "adapter_config.json").read_text())["r"] == 8
@@ -344,3 +346,27 @@ def test_adapters_must_give_one_adapter_per_prompt(tokenizer):
     engine = tiny_engine(tokenizer, num_adapters=2)
     with pytest.raises(ValueError, match="adapters has 1 entries for 2 prompts"):
         engine.sample([PROMPT, OTHER_PROMPT], GREEDY, adapters=[1])
+
+
+def test_the_engine_boundary_and_the_loop_import_no_torch():
+    code = ("import sys, arcsl.engine.types, arcsl.engine.planner, arcsl.engine.adapters, arcsl.loop; "
+            "print(sorted(m for m in ('torch', 'transformers', 'peft') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def test_a_loaded_adapter_is_never_sampled_with_the_values_it_replaced(tokenizer, tmp_path):
+    engine = tiny_engine(tokenizer, num_adapters=2)
+    engine.finetune([(PROMPT, COMPLETION)] * 5, TRAIN, adapter=0)
+    engine.save_adapter(tmp_path / "a", adapter=0)
+    engine.finetune([(OTHER_PROMPT, "no")] * 5, TRAIN, adapter=1)
+    prompts = [PROMPT, PROMPT]
+    for merge in (True, False):  # adapter 1 alone (stacked or merged), then mixed with adapter 0
+        cfg = replace(GREEDY, merge_lora=merge)
+        before = engine.sample(prompts[:1], cfg, adapters=[1]).completions
+        engine.load_adapter(tmp_path / "a", adapter=1)
+        after = engine.sample(prompts[:1], cfg, adapters=[1]).completions
+        assert after != before and after == engine.sample(prompts[:1], cfg, adapters=[0]).completions
+        mixed = engine.sample(prompts, cfg, adapters=[0, 1]).completions
+        assert mixed[0] == mixed[1] == after[0]
+        engine.finetune([(OTHER_PROMPT, "no")] * 5, TRAIN, adapter=1)  # adapter 1 differs again for the next pass

@@ -5,27 +5,28 @@ import torch
 import torch.nn.functional as F
 from tiny_lm import COMPLETION, PROMPT, one_thread, tiny_engine, tokenizer  # noqa: F401 (fixtures)
 
-from arcsl import finetune
 from arcsl.config import FinetuneConfig, SamplingConfig
-from arcsl.finetune import collate, completion_loss, micro_batches
+from arcsl.engine import finetune
+from arcsl.engine.finetune import collate, completion_loss, micro_batches
+from arcsl.prompting import code_end
 
-GREEDY = SamplingConfig(num_samples=1, temperature=0, max_new_tokens=60, stop_at_code_end=False)
+GREEDY = SamplingConfig(num_samples=1, temperature=0, max_new_tokens=60)
 
 
 def test_loss_mask_covers_exactly_the_completion_and_its_end_token(tokenizer):
     engine = tiny_engine(tokenizer)
-    short = engine.encode_example(PROMPT, "ok")
-    ids, mask = collate([engine.encode_example(PROMPT, COMPLETION), short], engine.pad_id, "cpu")
+    short = engine.codec.encode_example(PROMPT, "ok")
+    ids, mask = collate([engine.codec.encode_example(PROMPT, COMPLETION), short], engine.codec.pad_id, "cpu")
     assert tokenizer.decode(ids[0][mask[0]]) == COMPLETION + "<|eot_id|>"
-    assert tokenizer.decode(ids[0][~mask[0]]) == engine.render(PROMPT)
+    assert tokenizer.decode(ids[0][~mask[0]]) == engine.codec.render(PROMPT)
     assert tokenizer.decode(ids[1][mask[1]]) == "ok<|eot_id|>"
-    assert (ids[1, len(short[0]):] == engine.pad_id).all() and not mask[1, len(short[0]):].any()
-    assert engine.pad_id not in engine.stop_ids  # padding with EOS would teach the model never to stop
+    assert (ids[1, len(short[0]):] == engine.codec.pad_id).all() and not mask[1, len(short[0]):].any()
+    assert engine.codec.pad_id not in engine.codec.stop_ids  # padding with EOS would teach the model never to stop
 
 
 def test_completion_loss_equals_the_full_logits_loss_on_the_masked_tokens(tokenizer):
     engine = tiny_engine(tokenizer)
-    ids, mask = collate([engine.encode_example(PROMPT, COMPLETION)], engine.pad_id, "cpu")
+    ids, mask = collate([engine.codec.encode_example(PROMPT, COMPLETION)], engine.codec.pad_id, "cpu")
     with torch.no_grad():
         logits = engine.lm(input_ids=ids).logits[0, :-1]
         full = F.cross_entropy(logits[mask[0, 1:]], ids[0, 1:][mask[0, 1:]], reduction="sum")
@@ -34,10 +35,10 @@ def test_completion_loss_equals_the_full_logits_loss_on_the_masked_tokens(tokeni
 
 def test_right_padding_needs_no_attention_mask(tokenizer):
     engine = tiny_engine(tokenizer)
-    long, short = engine.encode_example(PROMPT, COMPLETION), engine.encode_example(PROMPT, "ok")
+    long, short = engine.codec.encode_example(PROMPT, COMPLETION), engine.codec.encode_example(PROMPT, "ok")
     with torch.no_grad():
-        apart = sum(completion_loss(engine.lm, *collate([s], engine.pad_id, "cpu")) for s in (long, short))
-        together = completion_loss(engine.lm, *collate([long, short], engine.pad_id, "cpu"))
+        apart = sum(completion_loss(engine.lm, *collate([s], engine.codec.pad_id, "cpu")) for s in (long, short))
+        together = completion_loss(engine.lm, *collate([long, short], engine.codec.pad_id, "cpu"))
     assert torch.allclose(apart, together, rtol=1e-5)
 
 
@@ -62,7 +63,8 @@ def test_thirty_steps_on_one_example_make_greedy_decoding_reproduce_it(tokenizer
     assert stats.num_steps == 30 and stats.losses[-1] < 0.2 * stats.losses[0]
     [[learned]] = engine.sample([PROMPT], GREEDY).completions
     assert (learned.text, learned.finish_reason) == (COMPLETION, "eos")  # it learned to stop, too
-    [[stopped]] = engine.sample([PROMPT], SamplingConfig(num_samples=1, temperature=0, max_new_tokens=60)).completions
+    [[stopped]] = engine.sample([PROMPT], SamplingConfig(num_samples=1, temperature=0, max_new_tokens=60),
+                                stop=code_end).completions
     assert (stopped.text, stopped.finish_reason) == (COMPLETION[:COMPLETION.index("```\n", 3) + 3], "stop")
 
 
@@ -81,16 +83,16 @@ def test_dora_trains_and_samples_through_the_modules_own_forward(tokenizer):
     engine.finetune([(PROMPT, COMPLETION)] * 3, FinetuneConfig(learning_rate=3e-3, max_seq_len=256,
                                                                 max_tokens_per_micro_batch=256))
     [[completion]] = engine.sample([PROMPT], GREEDY).completions
-    ids = torch.tensor([engine.encode_prompt(PROMPT)])
-    out = engine.lm.generate(ids, max_new_tokens=60, do_sample=False, eos_token_id=engine.stop_ids,
-                             pad_token_id=engine.pad_id)[0, ids.shape[1]:].tolist()
-    end = next((i for i, t in enumerate(out) if t in engine.stop_ids), len(out))
+    ids = torch.tensor([engine.codec.encode_prompt(PROMPT)])
+    out = engine.lm.generate(ids, max_new_tokens=60, do_sample=False, eos_token_id=engine.codec.stop_ids,
+                             pad_token_id=engine.codec.pad_id)[0, ids.shape[1]:].tolist()
+    end = next((i for i, t in enumerate(out) if t in engine.codec.stop_ids), len(out))
     assert completion.text == tokenizer.decode(out[:end])
 
 
 def test_a_micro_batch_out_of_memory_is_retried_with_checkpointing_from_its_length_on(tokenizer, monkeypatch):
     engine = tiny_engine(tokenizer)
-    long, short = (len(engine.encode_example(PROMPT, c)[0]) for c in (COMPLETION, "ok"))
+    long, short = (len(engine.codec.encode_example(PROMPT, c)[0]) for c in (COMPLETION, "ok"))
     loss = finetune.completion_loss
 
     def small_memory(lm, input_ids, loss_mask):  # sequences longer than `short` fit only when checkpointed

@@ -1,20 +1,21 @@
-"""The search-and-learn loop on one task, with a scripted engine: the algorithm, its callbacks, and one
-test per LoopConfig setting showing it does what its help text says."""
+"""The search-and-learn loop with a scripted engine: the algorithm, the driver's events, and one test per
+LoopConfig setting showing it does what its help text says."""
 
 import dataclasses
 
 import numpy as np
 import pytest
 
+import arcsl.deadline
 import arcsl.loop
-from arcsl.config import (DataConfig, FinetuneConfig, LoopConfig, RelabelConfig, RunConfig, SamplingConfig,
-                          SandboxConfig, SolveConfig)
-from arcsl.engine import ChatPrompt
+from arcsl.catalog import prompt_format
+from arcsl.config import FinetuneConfig, LoopConfig, RelabelConfig, SamplingConfig, SandboxConfig
+from arcsl.deadline import DeadlinePlanner
+from arcsl.engine.types import ChatPrompt
 from arcsl.grids import load_tasks, select_tasks
-from arcsl.loop import LoopSettings, search_and_learn
-from arcsl.prompting import PROMPT_FORMATS
+from arcsl.loop import (LoopSettings, RoundDone, TaskDone, TaskFailed, TaskStarted, run_tasks, search_and_learn,
+                        split_by_counts)
 from arcsl.sandbox import SandboxPool
-from arcsl.solve import solve
 from fakes import CRASH, IDENTITY, NO_CODE, ROTATE_180, ROTATE_180_LONG, SCALE_2, FakeClock, ScriptedEngine
 
 TASK_IDS = ["c59eb873", "3c9b0459"]  # scale x2 (3 train pairs), rotate 180 (4 train pairs): both dihedral-equivariant
@@ -33,15 +34,18 @@ def pool():
 
 @pytest.fixture
 def clock(monkeypatch) -> FakeClock:
-    """The loop's clock, made fake: time passes only while the scripted engine works."""
+    """The clock of the loop and the deadline planner, made fake: time passes only while the scripted engine works."""
     fake = FakeClock()
     monkeypatch.setattr(arcsl.loop, "time", fake)
+    monkeypatch.setattr(arcsl.deadline, "time", fake)
     return fake
 
 
 def settings(relabel: RelabelConfig | None = None, **loop) -> LoopSettings:
-    base = dict(initial_predictions=8, predictions_per_round=8, max_rounds=2, samples_per_view=4, stop="never")
-    return LoopSettings(LoopConfig(**(base | loop)), relabel or RelabelConfig(), SamplingConfig(), FinetuneConfig())
+    base = dict(initial_programs=8, programs_per_round=8, max_rounds=2, samples_per_view=4, stop="never")
+    cfg = LoopConfig(**(base | loop))
+    return LoopSettings(cfg, relabel or RelabelConfig(), SamplingConfig(), FinetuneConfig(),
+                        prompt_format(cfg.prompt_format))
 
 
 # --- the algorithm ------------------------------------------------------------------------------
@@ -85,7 +89,7 @@ def test_toy_programs_are_pruned_before_training_unless_prune_programs_is_off(ta
     twice = HEADER + "    g = pixel(g, 0, 0, 5)\n" * 2 + FOOTER
     for prune, lines in ((True, 1), (False, 2)):
         engine = ScriptedEngine({0: [twice]})
-        with SandboxPool(SandboxConfig(num_workers=1), dsl_path=PROMPT_FORMATS["toy"].dsl_path) as toy_pool:
+        with SandboxPool(SandboxConfig(num_workers=1), dsl_path=prompt_format("toy").dsl_path) as toy_pool:
             search_and_learn(tasks["c59eb873"], engine, toy_pool, settings(
                 max_rounds=1, prompt_format="toy", augment_dihedral=False, augment_colors="none",
                 augment_train_order=False, relabel=RelabelConfig(prune_programs=prune)))
@@ -116,9 +120,11 @@ def test_phase_timings_cover_the_round(tasks, pool):
 
 def test_on_phase_hears_each_phase_as_it_starts_with_the_round_and_the_best_score_so_far(tasks, pool):
     events, ended = [], []
-    search_and_learn(tasks["c59eb873"], ScriptedEngine({3: [SCALE_2, IDENTITY]}), pool,
-                     settings(max_rounds=2, relabel=RelabelConfig(skip_trained=False)),
-                     on_round=lambda new, stats: ended.append((stats.round, len(events))), on_phase=events.append)
+    for event in run_tasks([tasks["c59eb873"]], ScriptedEngine({3: [SCALE_2, IDENTITY]}), pool,
+                           settings(max_rounds=2, relabel=RelabelConfig(skip_trained=False)), DeadlinePlanner(-1, 0),
+                           on_phase=events.append):
+        if isinstance(event, RoundDone):
+            ended.append((event.stats.round, len(events)))
     learning = ["relabelling", "finetuning", "sampling", "execution"]
     assert [(e.round, e.phase) for e in events] == ([(0, p) for p in ("reset", "sampling", "execution")]
                                                     + [(1, p) for p in learning] + [(2, p) for p in learning])
@@ -131,13 +137,12 @@ def test_on_phase_hears_each_phase_as_it_starts_with_the_round_and_the_best_scor
 
 # --- one test per LoopConfig setting ------------------------------------------------------------
 
-def test_predictions_and_samples_per_view_set_the_programs_of_each_round(tasks, pool):
-    """initial_predictions, predictions_per_round, samples_per_view."""
+def test_programs_and_samples_per_view_set_the_programs_of_each_round(tasks, pool):
+    """initial_programs, programs_per_round, samples_per_view."""
     engine = ScriptedEngine({3: [IDENTITY]})
-    result = search_and_learn(tasks["c59eb873"], engine, pool, settings(initial_predictions=12,
-                                                                        predictions_per_round=4))
-    assert [r.num_predictions for r in result.rounds] == [12, 4, 4]
-    assert engine.sampled == [3, 1, 1]  # views = predictions / samples_per_view
+    result = search_and_learn(tasks["c59eb873"], engine, pool, settings(initial_programs=12, programs_per_round=4))
+    assert [r.num_programs for r in result.rounds] == [12, 4, 4]
+    assert engine.sampled == [3, 1, 1]  # views = programs / samples_per_view
     assert len(result.attempts) == 20
     engine = ScriptedEngine({3: [IDENTITY]})
     result = search_and_learn(tasks["c59eb873"], engine, pool, settings(samples_per_view=2, max_rounds=0))
@@ -177,28 +182,31 @@ def test_task_time_s_starts_no_round_once_the_task_budget_is_spent(tasks, pool, 
 
 def test_the_deadline_starts_no_round_that_would_end_after_it(tasks, pool, clock):
     engine = ScriptedEngine({3: [IDENTITY]}, clock=clock, sample_s=100.0)
-    deadline = clock.now + 250.0
-    result = search_and_learn(tasks["c59eb873"], engine, pool, settings(max_rounds=3), deadline=lambda: deadline)
+    planner = DeadlinePlanner(250.0, 0.0)
+    [result] = [e.result for e in run_tasks([tasks["c59eb873"]], engine, pool, settings(max_rounds=3), planner)
+                if isinstance(e, TaskDone)]
     # round 0 ends at 100 s and round 1 at 200 s; round 2 would end at 300 s, after the deadline
-    assert len(result.rounds) == 2 and result.stop_reason == "deadline" and clock.now <= deadline
+    assert len(result.rounds) == 2 and result.stop_reason == "deadline" and clock.now <= planner.deadline
 
 
-def test_prompt_format_chooses_the_prompt_and_how_the_program_is_read(tasks, pool):
+def test_prompt_format_chooses_the_prompt_how_the_program_is_read_and_where_sampling_stops(tasks, pool):
     program = "def transform(input_grid):\n    return input_grid\n"
     engine = ScriptedEngine({0: [program]})  # toy prompts have no "Example" headers
     result = search_and_learn(tasks["c59eb873"], engine, pool, settings(prompt_format="toy", max_rounds=0))
     assert all(isinstance(p, str) and p.startswith("in\n") for p in engine.prompts)
     assert all(a.program == program and a.has_valid_outputs for a in result.attempts)  # the completion is the program
+    assert engine.stops == [None]  # the toy model ends with EOS: no stop rule reaches the engine
     engine = ScriptedEngine({3: [IDENTITY]})
     result = search_and_learn(tasks["c59eb873"], engine, pool, settings(prompt_format="barc", max_rounds=0))
     assert all(isinstance(p, ChatPrompt) for p in engine.prompts)
+    assert engine.stops == [prompt_format("barc").stop]  # the format's own rule, handed to the engine
     assert all(a.program == program and a.response == IDENTITY for a in result.attempts)  # read from the fence
 
 
 def _views(tasks, pool, **loop) -> list:
     """The augmentations of one 16-view search."""
     result = search_and_learn(tasks["3c9b0459"], ScriptedEngine({4: [IDENTITY]}), pool,
-                              settings(initial_predictions=16, samples_per_view=1, max_rounds=0, **loop))
+                              settings(initial_programs=16, samples_per_view=1, max_rounds=0, **loop))
     return [a.augmentation for a in result.attempts]
 
 
@@ -230,43 +238,74 @@ def test_seed_chooses_the_views_and_the_samples_and_the_same_seed_repeats_them(t
     assert run(0) != run(1)
 
 
-def test_tasks_in_flight_search_that_many_tasks_in_one_sampling_call_each_in_its_own_adapter(tmp_path):
-    engine = ScriptedEngine({3: [IDENTITY], 4: [IDENTITY]}, num_adapters=2)
-    loop = LoopConfig(initial_predictions=8, predictions_per_round=8, max_rounds=1, samples_per_view=4, stop="never",
-                      tasks_in_flight=2)
-    solve(SolveConfig(data=DataConfig(dataset="arc-agi-1/training", task_ids=TASK_IDS), loop=loop,
-                      sandbox=SandboxConfig(num_workers=2, timeout_s=2.0),
-                      run=RunConfig(output_dir=str(tmp_path), progress=False)), engine=engine)
-    assert engine.sampled_adapters == [[0, 0, 1, 1], [0, 0, 1, 1]]  # a round: both tasks' 2 views, in one call
-    assert engine.reset_adapters == [0, 1] and engine.finetuned_adapters == [0, 1]
-
-
-@pytest.mark.parametrize("bad", [dict(samples_per_view=0), dict(initial_predictions=6), dict(predictions_per_round=0),
+@pytest.mark.parametrize("bad", [dict(samples_per_view=0), dict(initial_programs=6), dict(programs_per_round=0),
                                  dict(max_rounds=-1), dict(stop="sometimes"), dict(augment_colors="some"),
-                                 dict(task_time_s=0), dict(prompt_format="chatml"), dict(tasks_in_flight=0)])
+                                 dict(task_time_s=0)])
 def test_bad_loop_settings_are_refused_with_the_settings_name(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         LoopConfig(**bad)
 
 
-def test_every_prompt_format_is_a_valid_setting():
-    for name in PROMPT_FORMATS:
-        assert LoopConfig(prompt_format=name).prompt_format == name
+def test_an_unknown_prompt_format_is_refused_naming_the_flag_and_the_choices():
+    with pytest.raises(ValueError, match="--prompt-format 'chatml' .* barc, toy"):
+        prompt_format("chatml")
+
+
+# --- the driver ---------------------------------------------------------------------------------
+
+def test_the_driver_reports_each_task_start_round_and_end_in_order(tasks, pool):
+    engine = ScriptedEngine({3: [SCALE_2], 4: [IDENTITY]}, num_adapters=2)
+    events = list(run_tasks([tasks["c59eb873"], tasks["3c9b0459"]], engine, pool, settings(max_rounds=1, stop="one-solution"),
+                            DeadlinePlanner(-1, 0), tasks_in_flight=2))
+    kinds = [(type(e).__name__, e.task.id) for e in events]
+    assert kinds == [("TaskStarted", "c59eb873"), ("TaskStarted", "3c9b0459"),
+                     ("RoundDone", "c59eb873"), ("RoundDone", "3c9b0459"), ("TaskDone", "c59eb873"),  # solved
+                     ("RoundDone", "3c9b0459"), ("TaskDone", "3c9b0459")]
+    assert [e.result.stop_reason for e in events if isinstance(e, TaskDone)] == ["solved", "max-rounds"]
+    assert all(e.max_rounds == 1 for e in events if isinstance(e, TaskStarted))
+
+
+def test_a_round_that_raises_fails_its_tasks_and_the_driver_goes_on(tasks, pool):
+    engine = ScriptedEngine({3: [SCALE_2], 4: [IDENTITY]}, failures={("sample", 0): RuntimeError("GPU fell off")})
+    events = list(run_tasks([tasks["c59eb873"], tasks["3c9b0459"]], engine, pool, settings(max_rounds=0),
+                            DeadlinePlanner(-1, 0)))
+    failed = [e for e in events if isinstance(e, TaskFailed)]
+    assert [(e.task.id, str(e.error)) for e in failed] == [("c59eb873", "GPU fell off")]
+    assert [e.result.task_id for e in events if isinstance(e, TaskDone)] == ["3c9b0459"]
+
+
+def test_the_driver_refuses_more_tasks_in_flight_than_adapters(tasks, pool):
+    with pytest.raises(ValueError, match="--tasks-in-flight 3 .* num_adapters=2"):
+        list(run_tasks([tasks["c59eb873"]], ScriptedEngine({3: [SCALE_2]}, num_adapters=2), pool, settings(),
+                       DeadlinePlanner(-1, 0), tasks_in_flight=3))
+
+
+def test_tasks_searched_together_must_share_their_settings(tasks, pool):
+    from arcsl.loop import run_round, start_run
+
+    runs = [start_run(tasks["c59eb873"], settings(), 0), start_run(tasks["3c9b0459"], settings(seed=1), 1)]
+    with pytest.raises(AssertionError, match="share their settings"):
+        run_round(runs, ScriptedEngine({3: [SCALE_2], 4: [IDENTITY]}, num_adapters=2), pool)
+
+
+def test_splitting_a_calls_results_back_checks_the_counts():
+    assert split_by_counts([1, 2, 3, 4, 5], [2, 0, 3], "x") == [[1, 2], [], [3, 4, 5]]
+    with pytest.raises(AssertionError, match="completions by task: 5 items for owners that asked for 6"):
+        split_by_counts([1, 2, 3, 4, 5], [2, 4], "completions by task")
 
 
 SETTING_TESTS = {  # LoopConfig field -> the test that shows it does what its help says
-    "initial_predictions": test_predictions_and_samples_per_view_set_the_programs_of_each_round,
-    "predictions_per_round": test_predictions_and_samples_per_view_set_the_programs_of_each_round,
-    "samples_per_view": test_predictions_and_samples_per_view_set_the_programs_of_each_round,
+    "initial_programs": test_programs_and_samples_per_view_set_the_programs_of_each_round,
+    "programs_per_round": test_programs_and_samples_per_view_set_the_programs_of_each_round,
+    "samples_per_view": test_programs_and_samples_per_view_set_the_programs_of_each_round,
     "max_rounds": test_max_rounds_bounds_the_learning_rounds_and_zero_is_search_only,
     "stop": test_stop_ends_a_task_once_solved_as_configured,
     "task_time_s": test_task_time_s_starts_no_round_once_the_task_budget_is_spent,
-    "prompt_format": test_prompt_format_chooses_the_prompt_and_how_the_program_is_read,
+    "prompt_format": test_prompt_format_chooses_the_prompt_how_the_program_is_read_and_where_sampling_stops,
     "augment_dihedral": test_augment_dihedral_turns_and_flips_the_views_or_not,
     "augment_colors": test_augment_colors_permutes_no_colour_all_but_black_or_all,
     "augment_train_order": test_augment_train_order_shuffles_the_train_pairs_or_not,
     "seed": test_seed_chooses_the_views_and_the_samples_and_the_same_seed_repeats_them,
-    "tasks_in_flight": test_tasks_in_flight_search_that_many_tasks_in_one_sampling_call_each_in_its_own_adapter,
 }
 
 

@@ -1,12 +1,15 @@
-"""Tests for arcsl.prompting: pulling the program out of a model completion, leaving it intact."""
+"""Tests for arcsl.prompting: pulling the program out of a model completion, leaving it intact, and the stop
+rule that ends sampling once that program is settled."""
 
 import doctest
 
-from hypothesis import given
+import pytest
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from arcsl import prompting
-from arcsl.prompting import extract_program
+from arcsl.catalog import PROMPT_FORMATS
+from arcsl.prompting import code_end, extract_program
 
 PREFILL = ("Let's solve this puzzle using Python code with the common library functions. "
            "We'll first reason about the problem and then write the code to solve it. "
@@ -122,6 +125,61 @@ def test_any_program_without_backticks_comes_back_unchanged(lines):
     program = "\n".join(lines) + "\n"
     if program.strip():
         assert extract_program("Some prose.\n```python\n" + program + "```\nMore prose.") == program
+
+
+# --- where sampling stops ----------------------------------------------------------------------
+
+# pieces a completion is made of: fences with and without info strings, stray backticks, line ends, code
+_PIECES = ["```", "```python", "```py", "```text", "```json", " ```", "`", "``", "````", "\n", "\r\n", " ", "\t",
+           "x = 1", "def transform(g):", "    return g", "Plan:", "python", "Notes", "a"]
+_COMPLETIONS = st.lists(st.sampled_from(_PIECES), max_size=30).map("".join)
+
+
+def _first_stop(fmt, completion: str) -> tuple[int, int] | None:
+    """(characters seen, cut) where sampling `completion` one character at a time would stop, or None."""
+    if fmt.stop is None:
+        return None
+    for seen in range(len(completion) + 1):
+        cut = fmt.stop(completion[:seen])
+        if cut is not None:
+            return seen, cut
+    return None
+
+
+@pytest.mark.parametrize("name", list(PROMPT_FORMATS))
+@settings(max_examples=400, deadline=None)
+@given(completion=_COMPLETIONS)
+def test_cutting_at_the_stop_point_never_changes_the_program_extracted(name, completion):
+    fmt = PROMPT_FORMATS[name]
+    stopped = _first_stop(fmt, completion)
+    if stopped is None:  # sampling runs to an end token: the whole completion is read
+        return
+    seen, cut = stopped
+    assert cut <= seen
+    # whatever the model would have written after the stop, the program is the one the cut text holds
+    assert fmt.extract(completion[:cut]) == fmt.extract(completion)
+    assert all(fmt.stop(completion[:n]) == cut for n in range(seen, len(completion) + 1))  # it stays stopped
+
+
+def test_the_issues_counterexample_is_not_cut_before_its_program():
+    completion = "Notes:\n```text\nplan\n```\n```python\ndef transform(g):\n    return g\n```\nDone."
+    assert code_end(completion[:completion.index("def")]) is None  # the text block closed, but it is no program
+    assert completion[:code_end(completion)].endswith("return g\n```")
+    assert extract_program(completion[:code_end(completion)]) == "def transform(g):\n    return g\n"
+
+
+def test_inline_backticks_in_prose_do_not_stop_sampling():
+    assert code_end("Use ``` to fence code, e.g. ```python x```.\nMore prose\n") is None
+
+
+def test_a_closed_block_stops_only_once_its_fence_line_has_ended():
+    assert code_end("```python\nx = 1\n```") is None      # may become ```` or ```python: no fence yet
+    assert code_end("```python\nx = 1\n```  \n") == len("```python\nx = 1\n```  ")
+
+
+def test_blank_and_bare_blocks_do_not_stop_sampling():
+    assert code_end("```python\n\n```\n") is None   # blank: extraction skips it, a program may follow
+    assert code_end("```\nx = 1\n```\n") is None     # bare: a later python block would win over it
 
 
 def test_the_module_doctest_passes():

@@ -23,7 +23,8 @@ TEST_OUT = [make_grid([[5, 5]]), make_grid([[5]])]
 def attempt(train_outputs, program: str = "p", round_: int = 0, aug: Augmentation | None = None,
             test_outputs=TEST_OUT, error: str | None = None) -> Attempt:
     scores = score_attempt(TASK, train_outputs, test_outputs)
-    return Attempt(TASK.id, program, error, train_outputs, test_outputs, scores, round_, aug)
+    return Attempt(task_id=TASK.id, program=program, error=error, train_outputs=train_outputs,
+                   test_outputs=test_outputs, scores=scores, round=round_, augmentation=aug)
 
 
 def painted(value: int) -> list:
@@ -113,14 +114,15 @@ def test_example_order_sorts_by_train_score_or_shuffles():
 
 
 def test_prune_programs_hook_drops_toy_lines_that_change_no_output():
-    from arcsl.prompting import PROMPT_FORMATS
+    from arcsl.prompting import BARC_FORMAT
+    from arcsl.toy.prompt import TOY_FORMAT
     from arcsl.toy.tasks import FOOTER, HEADER
 
-    prune = PROMPT_FORMATS["toy"].prune
+    prune = TOY_FORMAT.prune
     hidden_then_twice = HEADER + "    g = pixel(g, 0, 0, 7)\n" + "    g = pixel(g, 0, 0, 5)\n" * 2 + FOOTER
     assert prune(hidden_then_twice, TASK) == HEADER + "    g = pixel(g, 0, 0, 5)\n" + FOOTER
     assert prune("not a program", TASK) == "not a program"
-    assert PROMPT_FORMATS["barc"].prune is None  # Python in general: trained on as written
+    assert BARC_FORMAT.prune is None  # Python in general: trained on as written
 
 
 def test_every_relabel_setting_has_a_test_here():

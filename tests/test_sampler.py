@@ -1,12 +1,12 @@
 """Sampling: the shared-prefix decoder against the model's own forward, token choice, stop rules."""
 
-import pytest
 import torch
 from tiny_lm import COMPLETION, OTHER_PROMPT, PROMPT, one_thread, tiny_engine, tokenizer  # noqa: F401 (fixtures)
 
 from arcsl.config import FinetuneConfig, SamplingConfig
-from arcsl.sampler import (CHECK_EVERY, EAGER_OPS, CacheDecoder, SharedPrefixDecoder, code_block_end, compiled_ops,
-                           generate, pick_tokens)
+from arcsl.engine.sampler import (CHECK_EVERY, EAGER_OPS, CacheDecoder, SharedPrefixDecoder, compiled_ops,
+                                  generate, pick_tokens)
+from arcsl.prompting import code_end
 
 
 def texts(result):
@@ -15,22 +15,22 @@ def texts(result):
 
 def test_greedy_shared_prefix_matches_naive_generate(tokenizer):
     engine = tiny_engine(tokenizer)
-    cfg = SamplingConfig(num_samples=3, temperature=0, max_new_tokens=40, stop_at_code_end=False)
+    cfg = SamplingConfig(num_samples=3, temperature=0, max_new_tokens=40)
     result = engine.sample([PROMPT, OTHER_PROMPT], cfg)  # two prompts of different lengths in one batch
     assert result.stats.num_batches == 1
     for prompt, completions in zip([PROMPT, OTHER_PROMPT], result.completions):
-        ids = torch.tensor([engine.encode_prompt(prompt)] * 3)  # the naive way: the prompt once per sample
-        out = engine.lm.generate(ids, max_new_tokens=40, do_sample=False, eos_token_id=engine.stop_ids,
-                                 pad_token_id=engine.pad_id)
+        ids = torch.tensor([engine.codec.encode_prompt(prompt)] * 3)  # the naive way: the prompt once per sample
+        out = engine.lm.generate(ids, max_new_tokens=40, do_sample=False, eos_token_id=engine.codec.stop_ids,
+                                 pad_token_id=engine.codec.pad_id)
         for row, completion in zip(out[:, ids.shape[1]:].tolist(), completions):
-            end = next((i for i, t in enumerate(row) if t in engine.stop_ids), len(row))
+            end = next((i for i, t in enumerate(row) if t in engine.codec.stop_ids), len(row))
             assert completion.text == tokenizer.decode(row[:end])
             assert completion.num_tokens == min(end + 1, 40)
 
 
 def test_seeded_sampling_is_reproducible_and_matches_the_per_sample_cache(tokenizer):
     engine = tiny_engine(tokenizer)
-    prompt = engine.encode_prompt(PROMPT)
+    prompt = engine.codec.encode_prompt(PROMPT)
 
     def run(decoder_type, seed):
         if decoder_type is CacheDecoder:
@@ -38,7 +38,7 @@ def test_seeded_sampling_is_reproducible_and_matches_the_per_sample_cache(tokeni
         else:
             decoder = SharedPrefixDecoder(engine.weights, 1, 6, 29, False)
             decoder.load([prompt])
-        cfg = SamplingConfig(max_new_tokens=30, temperature=1.0, top_p=0.9, stop_at_code_end=False)
+        cfg = SamplingConfig(max_new_tokens=30, temperature=1.0, top_p=0.9)
         rows = generate(decoder, decoder.prefill(), cfg, [], torch.Generator().manual_seed(seed), None)
         return [r.tokens[:r.end] for r in rows]
 
@@ -68,18 +68,6 @@ def test_greedy_picks_the_argmax():
     assert pick_tokens(logits, 0.0, 0.5, None).tolist() == [1, 0]
 
 
-@pytest.mark.parametrize("text, end", [
-    ("no code at all", None),
-    ("```python\nx = 1\n", None),
-    ("```python", None),
-    ("Here:\n```python\nx = 1\n```\nmore text", len("Here:\n```python\nx = 1\n```")),
-    ("```\n```", len("```\n```")),
-    ("```python\nx = '```'\n```", len("```python\nx = '```'\n```")),  # a fence must start its line
-])
-def test_code_block_end_needs_an_opening_and_a_closing_fence(text, end):
-    assert code_block_end(text) == end
-
-
 class ScriptedDecoder:
     """Logits that force each row's scripted tokens (then token 0), to test the loop's stop rules."""
 
@@ -100,14 +88,14 @@ class ScriptedDecoder:
         return self.logits(step + 1)
 
 
-def test_stop_rules_cut_at_the_closing_fence_or_the_end_token(tokenizer):
+def test_a_stop_rule_cuts_where_it_says_and_end_tokens_still_stop(tokenizer):
     eot = tokenizer.convert_tokens_to_ids("<|eot_id|>")
     fenced = tokenizer("Sure:\n```python\nx = 1\n```\nand more text", add_special_tokens=False).input_ids
     plain = tokenizer("no code here", add_special_tokens=False).input_ids + [eot]
     decoder = ScriptedDecoder([fenced, plain], len(tokenizer))
     cfg = SamplingConfig(max_new_tokens=60, temperature=0)
-    rows = generate(decoder, decoder.prefill(), cfg, [eot], None, tokenizer)
-    closing = next(n for n in range(1, len(fenced) + 1) if code_block_end(tokenizer.decode(fenced[:n])))
+    rows = generate(decoder, decoder.prefill(), cfg, [eot], None, tokenizer, stop=code_end)
+    closing = next(n for n in range(1, len(fenced) + 1) if code_end(tokenizer.decode(fenced[:n])))
     assert (rows[0].finish_reason, rows[0].end) == ("stop", closing)
     assert tokenizer.decode(rows[0].tokens[:rows[0].end])[:rows[0].text_end] == "Sure:\n```python\nx = 1\n```"
     assert (rows[1].finish_reason, rows[1].end) == ("eos", len(plain))
@@ -115,7 +103,7 @@ def test_stop_rules_cut_at_the_closing_fence_or_the_end_token(tokenizer):
 
 def test_decoding_ends_once_every_sample_has_stopped(tokenizer):
     decoder = ScriptedDecoder([[7, 8, 1], [9, 1]], len(tokenizer))
-    cfg = SamplingConfig(max_new_tokens=500, temperature=0, stop_at_code_end=False)
+    cfg = SamplingConfig(max_new_tokens=500, temperature=0)
     rows = generate(decoder, decoder.prefill(), cfg, [1], None, tokenizer)
     assert [r.end for r in rows] == [3, 2]
     assert decoder.num_steps < CHECK_EVERY  # not 499: the batch stops at the first check after all ended
@@ -123,8 +111,8 @@ def test_decoding_ends_once_every_sample_has_stopped(tokenizer):
 
 def greedy_tokens(engine, ops, prompts, rows_per_prompt=2, steps=24, adapters=None):
     decoder = SharedPrefixDecoder(engine.weights, len(prompts), rows_per_prompt, steps - 1, False, ops)
-    decoder.load([engine.encode_prompt(p) for p in prompts], adapters)
-    cfg = SamplingConfig(max_new_tokens=steps, temperature=0, stop_at_code_end=False)
+    decoder.load([engine.codec.encode_prompt(p) for p in prompts], adapters)
+    cfg = SamplingConfig(max_new_tokens=steps, temperature=0)
     return [r.tokens for r in generate(decoder, decoder.prefill(), cfg, [], None, None)]
 
 
@@ -141,7 +129,7 @@ def test_the_compiled_decode_step_gives_the_eager_tokens_with_mixed_adapters(tok
     engine = tiny_engine(tokenizer, num_adapters=2)
     engine.finetune([(PROMPT, COMPLETION)] * 3, FinetuneConfig(learning_rate=3e-3, max_seq_len=256,
                                                                max_tokens_per_micro_batch=256), adapter=1)
-    engine.weights.prepare_mixed({0: engine.lora_versions[0], 1: engine.lora_versions[1]})
+    engine.weights.prepare_mixed({0: engine.versions[0], 1: engine.versions[1]})
     prompts, adapters = [PROMPT, PROMPT], [0, 1]
     eager = greedy_tokens(engine, EAGER_OPS, prompts, adapters=adapters)
     assert eager[0] != eager[2]  # rows 0-1 read adapter 0, rows 2-3 adapter 1: their tokens differ
@@ -152,8 +140,8 @@ def test_narrowing_to_some_prompts_decodes_them_as_the_full_batch_would(tokenize
     engine = tiny_engine(tokenizer, num_adapters=2)
     engine.finetune([(PROMPT, COMPLETION)] * 3, FinetuneConfig(learning_rate=3e-3, max_seq_len=256,
                                                                max_tokens_per_micro_batch=256), adapter=1)
-    engine.weights.prepare_mixed({0: engine.lora_versions[0], 1: engine.lora_versions[1]})
-    prompts = [engine.encode_prompt(p) for p in (PROMPT, OTHER_PROMPT, PROMPT)]
+    engine.weights.prepare_mixed({0: engine.versions[0], 1: engine.versions[1]})
+    prompts = [engine.codec.encode_prompt(p) for p in (PROMPT, OTHER_PROMPT, PROMPT)]
     decoder = SharedPrefixDecoder(engine.weights, 3, 2, 15, False)
 
     def greedy(narrow_at=None):
@@ -200,7 +188,7 @@ class NarrowingDecoder(ScriptedDecoder):
 def test_a_prompt_whose_samples_all_stopped_leaves_the_batch(tokenizer):
     long = [5] * 40 + [1]
     decoder = NarrowingDecoder([[7, 1], [8, 9, 1], long, [6, 1]], len(tokenizer), rows_per_prompt=2)
-    cfg = SamplingConfig(max_new_tokens=100, temperature=0, stop_at_code_end=False)
+    cfg = SamplingConfig(max_new_tokens=100, temperature=0)
     rows = generate(decoder, decoder.prefill(), cfg, [1], None, tokenizer)
     assert decoder.kept == [[1]]  # prompt 0 (rows 0, 1) stopped before the first check; prompt 1 runs on
     assert decoder.fed[CHECK_EVERY - 2] == 4 and decoder.fed[CHECK_EVERY - 1] == 2  # narrowed at the first check

@@ -28,7 +28,8 @@ TASK_NO_SOLUTIONS = parse_task("t1", {
 def attempt(train, test, program="x = 1", error=None, task=TASK) -> Attempt:
     train = None if train is None else [None if g is None else G(g) for g in train]
     test = None if test is None else [None if g is None else G(g) for g in test]
-    return Attempt(task.id, program, error, train, test, score_attempt(task, train, test))
+    return Attempt(task_id=task.id, program=program, error=error, train_outputs=train, test_outputs=test,
+                   scores=score_attempt(task, train, test))
 
 
 PERFECT = attempt([[[1, 1]], [[2, 2]]], [[[3, 3]], [[4, 4]]], program="a")
@@ -124,7 +125,8 @@ def test_scoring_against_a_view_is_refused():
 
 
 def test_attempt_survives_a_json_round_trip():
-    a = Attempt("t1", "p", None, [G([[1, 1]]), None], [G([[3, 3]]), G([[4]])], PERFECT.scores, round=2,
+    a = Attempt(task_id="t1", program="p", error=None, train_outputs=[G([[1, 1]]), None],
+                test_outputs=[G([[3, 3]]), G([[4]])], scores=PERFECT.scores, round=2,
                 augmentation=Augmentation(dihedral=3, train_order=(1, 0)), prompt_hash="h", response="r",
                 model_id="m+lora1", timings={"execute": 0.5})
     b = Attempt.from_json(json.loads(json.dumps(a.to_json())))

@@ -15,7 +15,8 @@ def attempt(*test_outputs, program="p", train=(False, 0.0, 0.0), task=TASK) -> A
     """An attempt with the given test grids (None = unusable) and train scores (is_correct, correct_grids, pixel)."""
     is_correct, correct_grids, pixel = train
     scores = AttemptScores(SplitScores(pixel, correct_grids, is_correct), None)
-    return Attempt(task.id, program, None, None, list(test_outputs), scores)
+    return Attempt(task_id=task.id, program=program, error=None, train_outputs=None, test_outputs=list(test_outputs),
+                   scores=scores)
 
 
 def grids(task, attempts) -> list[list[np.ndarray]]:

@@ -11,14 +11,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import arcsl.deadline
 import arcsl.loop
 import arcsl.solve
+from arcsl.catalog import prompt_format
 from arcsl.cli import main
 from arcsl.config import DataConfig, LoopConfig, RunConfig, SandboxConfig, SolveConfig
+from arcsl.deadline import DeadlinePlanner
 from arcsl.grids import load_tasks, select_tasks, task_to_json
-from arcsl.loop import PhaseEvent, RoundStats, start_run
+from arcsl.loop import RoundStats, start_run
 from arcsl.selection import prediction_grids, select_attempts
-from arcsl.solve import DeadlinePlanner, progress_text, solve
+from arcsl.solve import BAR_FORMAT, status_text
 from arcsl.store import open_store
 from arcsl.submission import read_submission, submission_problems
 from fakes import CRASH, IDENTITY, NO_CODE, ROTATE_180, SCALE_2, FakeClock, ScriptedEngine
@@ -41,9 +44,14 @@ def dataset(tasks, tmp_path_factory) -> str:
     return str(path)
 
 
+def solve(cfg: SolveConfig, engine) -> arcsl.solve.RunSummary:
+    """`arcsl.solve.solve` with the prompt format the config names, as the CLI resolves it."""
+    return arcsl.solve.solve(cfg, prompt_format(cfg.loop.prompt_format), engine=engine)
+
+
 def config(tmp_path, dataset: str = "arc-agi-1/training", sort: str = "none", loop: dict | None = None,
            **run) -> SolveConfig:
-    base = dict(initial_predictions=8, predictions_per_round=8, max_rounds=1, samples_per_view=4)
+    base = dict(initial_programs=8, programs_per_round=8, max_rounds=1, samples_per_view=4)
     return SolveConfig(data=DataConfig(dataset=dataset, task_ids=None if sort != "none" else TASK_IDS, sort=sort),
                        loop=LoopConfig(**(base | (loop or {}))),
                        sandbox=SandboxConfig(num_workers=2, timeout_s=2.0),
@@ -88,7 +96,7 @@ def test_config_is_saved_and_round_trips(tmp_path, dataset):
     cfg = config(tmp_path, dataset)
     solve(cfg, engine=ScriptedEngine(SCRIPTS))
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert saved["loop"]["initial_predictions"] == 8 and saved["data"]["task_ids"] == TASK_IDS
+    assert saved["loop"]["initial_programs"] == 8 and saved["data"]["task_ids"] == TASK_IDS
     assert SolveConfig(**{name: type(getattr(cfg, name))(**value) for name, value in saved.items()}) == cfg
 
 
@@ -146,17 +154,30 @@ def test_sort_large_first_solves_the_largest_task_first(tmp_path, dataset):
     assert shown == [3, 3, 4, 4]  # c59eb873's views (3 train pairs), then 3c9b0459's (4)
 
 
-def test_progress_text_names_the_task_round_phase_and_best_score():
-    text = progress_text(PhaseEvent("c59eb873", 2, "finetuning", 0.875))
-    assert text == "c59eb873 round 2 finetuning best train 0.88"
+def test_the_progress_line_fits_80_columns_with_many_tasks_in_flight():
+    from tqdm import tqdm
+
+    postfix = status_text(64, 123, "round 31 relabelling")
+    line = tqdm.format_meter(399, 400, 40_000.0, ncols=80, bar_format=BAR_FORMAT, postfix=postfix)
+    assert len(line) <= 80 and "399/400 tasks" in line and "64 in flight, 123 solved, round 31 relabelling" in line
 
 
 def test_progress_shows_a_bar_over_tasks_with_the_phase_or_nothing(tmp_path, dataset, capsys):
     solve(config(tmp_path, dataset, progress=True), engine=ScriptedEngine(SCRIPTS))
     shown = capsys.readouterr().err
-    assert "2/2" in shown and "3c9b0459 round 1 execution best train 1.00" in shown
+    assert "2/2 tasks" in shown and "1 in flight, 1 solved, round 1 execution" in shown
+    assert "c59eb873: max-rounds after 2 rounds, best train 1.00, test 1.00" in shown  # a line per finished task
     solve(config(tmp_path / "quiet", dataset, loop=dict(max_rounds=0)), engine=ScriptedEngine(SCRIPTS))
-    assert "2/2" not in capsys.readouterr().err
+    shown = capsys.readouterr().err
+    assert "2/2" not in shown and "c59eb873: " not in shown
+
+
+def test_the_start_says_what_runs_where_in_a_few_lines(tmp_path, dataset, capsys):
+    solve(config(tmp_path, dataset, loop=dict(max_rounds=0)), engine=ScriptedEngine(SCRIPTS))
+    start = capsys.readouterr().err.split("\n")[:4]
+    assert start[0] == f"arcsl solve: 2 tasks from {dataset}"
+    assert start[3] == f"  output: {tmp_path / 'run'} (settings in {tmp_path / 'run' / 'config.json'})"
+    assert all(len(line) < 200 for line in start)
 
 
 def test_wandb_logs_every_task_and_the_mean(tmp_path, dataset, monkeypatch):
@@ -175,23 +196,24 @@ def test_wandb_logs_every_task_and_the_mean(tmp_path, dataset, monkeypatch):
 
 @pytest.fixture
 def given(monkeypatch) -> list[int]:
-    """The max_rounds each task was started with, in start order (a spy on `solve.start_run`)."""
+    """The max_rounds each task was started with, in start order (a spy on the driver's `start_run`)."""
     seen = []
 
-    def spy(task, settings, *args, **kwargs):
-        seen.append(settings.loop.max_rounds)
-        return start_run(task, settings, *args, **kwargs)
+    def spy(*args, **kwargs):
+        run = start_run(*args, **kwargs)
+        seen.append(run.max_rounds)
+        return run
 
-    monkeypatch.setattr(arcsl.solve, "start_run", spy)
+    monkeypatch.setattr(arcsl.loop, "start_run", spy)
     return seen
 
 
 @pytest.fixture
 def clock(monkeypatch) -> FakeClock:
-    """The clock of the loop and of solve, made fake: time passes only while the scripted engine works."""
+    """The clock of the loop, the planner and solve, made fake: time passes only while the scripted engine works."""
     fake = FakeClock()
-    monkeypatch.setattr(arcsl.loop, "time", fake)
-    monkeypatch.setattr(arcsl.solve, "time", fake)
+    for module in (arcsl.loop, arcsl.deadline, arcsl.solve):
+        monkeypatch.setattr(module, "time", fake)
     return fake
 
 
@@ -281,7 +303,7 @@ def five_dataset(tmp_path_factory) -> str:
 
 def in_flight_config(tmp_path, dataset: str, task_ids: list[str], tasks_in_flight: int, run: dict | None = None,
                      **loop) -> SolveConfig:
-    cfg = config(tmp_path, dataset, loop=dict(tasks_in_flight=tasks_in_flight) | loop, **(run or {}))
+    cfg = config(tmp_path, dataset, loop=loop, **(dict(tasks_in_flight=tasks_in_flight) | (run or {})))
     return dataclasses.replace(cfg, data=DataConfig(dataset=dataset, task_ids=task_ids))
 
 
@@ -310,10 +332,10 @@ def test_a_task_in_flight_gets_the_attempts_it_gets_alone(tmp_path, five_dataset
     assert max(len(a) for a in engine.sampled_adapters) > 2  # tasks did share sampling calls
 
 
-def test_a_task_that_stops_hands_its_slot_to_the_next_task_at_once(tmp_path, five_dataset):
+def test_a_task_that_stops_hands_its_adapter_to_the_next_task_at_once(tmp_path, five_dataset):
     engine = ScriptedEngine(FIVE_SCRIPTS, num_adapters=2)
     solve(in_flight_config(tmp_path, five_dataset, FIVE_IDS[:3], 2, stop="one-solution", max_rounds=2), engine=engine)
-    # c59eb873 (slot 0) is solved in round 0; 6150a2bd takes slot 0 for its round 0 beside 74dd1130's round 1
+    # c59eb873 (adapter 0) is solved in round 0; 6150a2bd takes adapter 0 for its round 0 beside 74dd1130's round 1
     assert engine.sampled_adapters == [[0, 0, 1, 1], [1, 1, 0, 0], [1, 1]]
     assert engine.reset_adapters == [0, 1, 0] and set(engine.finetuned_adapters) == {1}
     assert rounds_per_task(tmp_path, FIVE_IDS[:3]) == {"c59eb873": 1, "74dd1130": 3, "6150a2bd": 1}
@@ -322,13 +344,13 @@ def test_a_task_that_stops_hands_its_slot_to_the_next_task_at_once(tmp_path, fiv
 def test_resume_starts_the_interrupted_tasks_in_flight_over(tmp_path, dataset, tasks):
     killed = ScriptedEngine(SCRIPTS, num_adapters=2, failures={("finetune", 1): KeyboardInterrupt()})  # round 1
     with pytest.raises(KeyboardInterrupt):
-        solve(config(tmp_path, dataset, loop=dict(tasks_in_flight=2)), engine=killed)
+        solve(config(tmp_path, dataset, tasks_in_flight=2), engine=killed)
     with open_store(tmp_path / "run" / "results.sqlite", resume=True) as store:
         assert [store.task_status(t) for t in TASK_IDS] == ["running", "running"]
         assert [len(store.attempts(t)) for t in TASK_IDS] == [8, 8]
     submission(tmp_path, tasks)
     engine = ScriptedEngine(SCRIPTS, num_adapters=2)
-    summary = solve(config(tmp_path, dataset, resume=True, loop=dict(tasks_in_flight=2)), engine=engine)
+    summary = solve(config(tmp_path, dataset, resume=True, tasks_in_flight=2), engine=engine)
     assert summary.num_skipped == 0 and summary.num_finished == 2 and engine.reset_adapters == [0, 1]
     with open_store(tmp_path / "run" / "results.sqlite", resume=True) as store:
         assert [len(store.attempts(t)) for t in TASK_IDS] == [16, 16] and store.finished_task_ids() == set(TASK_IDS)
@@ -343,14 +365,14 @@ def test_a_failed_round_fails_its_tasks_in_flight_and_the_next_tasks_go_on(tmp_p
 
 
 def test_an_engine_with_fewer_adapters_than_tasks_in_flight_is_refused(tmp_path, dataset):
-    with pytest.raises(ValueError, match="tasks-in-flight 3 .* num_adapters >= 3; .* num_adapters=2"):
-        solve(config(tmp_path, dataset, loop=dict(tasks_in_flight=3)), engine=ScriptedEngine(SCRIPTS, num_adapters=2))
+    with pytest.raises(ValueError, match="--tasks-in-flight 3 .* one LoRA adapter per task .* num_adapters=2"):
+        solve(config(tmp_path, dataset, tasks_in_flight=3), engine=ScriptedEngine(SCRIPTS, num_adapters=2))
 
 
 def test_tasks_in_flight_share_each_rounds_time_so_their_timings_add_up_to_the_wall_time(tmp_path, dataset, clock):
     started = clock.now
     engine = ScriptedEngine(SCRIPTS, clock=clock, sample_s=100.0, finetune_s=10.0, num_adapters=2)
-    solve(config(tmp_path, dataset, loop=dict(tasks_in_flight=2, max_rounds=1, stop="never")), engine=engine)
+    solve(config(tmp_path, dataset, tasks_in_flight=2, loop=dict(max_rounds=1, stop="never")), engine=engine)
     with open_store(tmp_path / "run" / "results.sqlite", resume=True) as store:
         timings = store.phase_timings()
     assert clock.now - started == 2 * 100.0 + 2 * 10.0  # two shared rounds, a fine-tuning each in round 1
@@ -360,11 +382,14 @@ def test_tasks_in_flight_share_each_rounds_time_so_their_timings_add_up_to_the_w
     assert all(by[task_id, 1, "finetuning"] == 10.0 for task_id in TASK_IDS)  # its own
 
 
-def test_progress_shows_every_task_in_flight(tmp_path, dataset, capsys):
-    solve(config(tmp_path, dataset, progress=True, loop=dict(tasks_in_flight=2)),
-          engine=ScriptedEngine(SCRIPTS, num_adapters=2))
+def test_tasks_in_flight_search_that_many_tasks_in_one_sampling_call_each_in_its_own_adapter(tmp_path, dataset,
+                                                                                              capsys):
+    engine = ScriptedEngine(SCRIPTS, num_adapters=2)
+    solve(config(tmp_path, dataset, progress=True, tasks_in_flight=2, loop=dict(stop="never")), engine=engine)
+    assert engine.sampled_adapters == [[0, 0, 1, 1], [0, 0, 1, 1]]  # a round: both tasks' 2 views, in one call
+    assert engine.reset_adapters == [0, 1] and engine.finetuned_adapters == [0, 1]
     shown = capsys.readouterr().err
-    assert "2/2" in shown and "c59eb873 round 1 execution best train 1.00 | 3c9b0459 round 1 execution" in shown
+    assert "2 tasks from" in shown and "2 in flight, 0 solved, round 1 execution" in shown
 
 
 @pytest.mark.parametrize("deadline_s, rounds, max_rounds", [
@@ -400,6 +425,7 @@ SETTING_TESTS = {  # RunConfig field -> the test that shows it does what its hel
     "resume": test_resume_starts_an_interrupted_task_over,
     "deadline_s": test_deadline_s_shares_the_run_time_and_the_submission_is_always_complete,
     "deadline_margin_s": test_deadline_margin_s_is_kept_free_before_the_deadline,
+    "tasks_in_flight": test_tasks_in_flight_search_that_many_tasks_in_one_sampling_call_each_in_its_own_adapter,
     "progress": test_progress_shows_a_bar_over_tasks_with_the_phase_or_nothing,
     "wandb": test_wandb_logs_every_task_and_the_mean,
 }

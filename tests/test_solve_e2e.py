@@ -5,7 +5,7 @@ from dataclasses import replace
 
 import pytest
 
-import arcsl.engine
+import arcsl.engine.hf
 from arcsl.cli import main
 from arcsl.grids import load_tasks, select_tasks
 from arcsl.store import open_store
@@ -28,7 +28,7 @@ def model_dir(tmp_path_factory):
 def solve_args(model_dir, out, num_tasks: int, max_rounds: int, *extra: str) -> list[str]:
     return ["solve", "--dataset", "arc-agi-1/training", "--sort", "small-first", "--limit", str(num_tasks),
             "--model", str(model_dir), "--device", "cpu", "--lora-rank", "4",
-            "--initial-predictions", "4", "--predictions-per-round", "4", "--samples-per-view", "2",
+            "--initial-programs", "4", "--programs-per-round", "4", "--samples-per-view", "2",
             "--max-rounds", str(max_rounds), "--stop", "never", "--max-new-tokens", "16", "--num-workers", "2",
             "--output-dir", str(out), "--no-progress", *extra]
 
@@ -63,9 +63,9 @@ class ProgramWriter:
         self.num_adapters = engine.num_adapters
         self.sampled_adapters, self.finetuned_adapters = [], []  # per call
 
-    def sample(self, prompts, cfg, seed=0, adapters=None):
+    def sample(self, prompts, cfg, seed=0, adapters=None, stop=None):
         self.sampled_adapters.append(adapters)
-        result = self.engine.sample(prompts, cfg, seed, adapters)
+        result = self.engine.sample(prompts, cfg, seed, adapters, stop)
         return replace(result, completions=[[replace(c, text=IDENTITY + c.text) for c in cs]
                                             for cs in result.completions])
 
@@ -87,21 +87,23 @@ def engines(monkeypatch) -> list[ProgramWriter]:
         loaded.append(ProgramWriter(load_real_engine(cfg)))
         return loaded[-1]
 
-    load_real_engine = arcsl.engine.load_engine
-    monkeypatch.setattr(arcsl.engine, "load_engine", load_engine)
+    load_real_engine = arcsl.engine.hf.load_engine
+    monkeypatch.setattr(arcsl.engine.hf, "load_engine", load_engine)
     return loaded
 
 
 def test_seed_makes_a_cpu_run_exactly_reproducible(model_dir, tmp_path, engines):
 
-    def attempts(name: str, seed: int) -> list[dict]:
-        assert main(solve_args(model_dir, tmp_path / name, 1, 1, "--seed", str(seed))) == 0
+    def attempts(name: str, seed: int, *flags: str) -> list[dict]:
+        assert main(solve_args(model_dir, tmp_path / name, 1, 1, "--seed", str(seed), *flags)) == 0
         rows = [json.loads(line) for line in open(tmp_path / name / "attempts.jsonl")]
         return [{k: v for k, v in row.items() if k != "timings"} for row in rows]  # timings vary from run to run
 
     first = attempts("first", seed=0)
     assert engines[0].num_finetunes == 1 and {row["round"] for row in first} == {0, 1}
     assert attempts("again", seed=0) == first  # views, samples, fine-tuning and the samples after it
+    # the flags' old names still work, for one release
+    assert attempts("old-names", 0, "--initial-predictions", "4", "--predictions-per-round", "4") == first
 
 
 def test_two_tasks_in_flight_share_each_sampling_call_of_a_tiny_model_with_two_adapters(model_dir, tmp_path,
@@ -110,7 +112,7 @@ def test_two_tasks_in_flight_share_each_sampling_call_of_a_tiny_model_with_two_a
     assert main(solve_args(model_dir, out, 3, 1, "--tasks-in-flight", "2")) == 0
     [engine] = engines
     assert engine.num_adapters == 2 and sorted(engine.finetuned_adapters) == [0, 0, 1]
-    # both tasks' rounds 0 and 1 in two calls, then the third task alone in its slot
+    # both tasks' rounds 0 and 1 in two calls, then the third task alone in its adapter
     assert [sorted(set(a)) for a in engine.sampled_adapters] == [[0, 1], [0, 1], [0], [0]]
     tasks = select_tasks(load_tasks("arc-agi-1/training").tasks, sort="small-first", limit=3)
     submission = json.loads((out / "submission.json").read_text())

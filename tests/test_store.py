@@ -26,7 +26,8 @@ TASK = task_named("t1")
 
 def attempt(task_id="t1", test=((3, 3),), program="p", round=0) -> Attempt:
     train, tests = [G([[1, 1]])], [G([list(test[0])])]
-    return Attempt(task_id, program, None, train, tests, score_attempt(TASK, train, tests), round=round,
+    return Attempt(task_id=task_id, program=program, error=None, train_outputs=train, test_outputs=tests,
+                   scores=score_attempt(TASK, train, tests), round=round,
                    augmentation=Augmentation(dihedral=2), prompt_hash="abc", response=f"```{program}```",
                    model_id="base+lora", timings={"execute": 0.25})
 
@@ -165,7 +166,8 @@ for t in range({NUM_TASKS}):
     task = parse_task(task_id, {{"train": [pair], "test": [pair]}}, "w")
     attempts = []
     for b in range({BATCHES}):
-        batch = [Attempt(task_id, "p", None, [grid], [grid], score_attempt(task, [grid], [grid]), round=b,
+        batch = [Attempt(task_id=task_id, program="p", error=None, train_outputs=[grid], test_outputs=[grid],
+                         scores=score_attempt(task, [grid], [grid]), round=b,
                          response="x" * 3000) for _ in range({BATCH})]
         store.add_attempts(batch)
         attempts += batch

@@ -133,7 +133,8 @@ def test_a_run_recorded_in_the_store_scores_in_the_submission_as_its_solved_at_2
     task = tasks[1]  # bbbb0002: the program below answers its first test input only
     train = [G([[6]])]
     test = [G([[7, 7]]), G([[1]])]
-    attempts = [Attempt(task.id, "p", None, train, test, score_attempt(task, train, test))]
+    attempts = [Attempt(task_id=task.id, program="p", error=None, train_outputs=train, test_outputs=test,
+                         scores=score_attempt(task, train, test))]
     predictions = prediction_grids(select_attempts(task, attempts))
     with open_store(tmp_path / "run.db") as store:
         store.start_task(task.id)

@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 
 from arcsl.toy import draw
-from arcsl.toy.config import TaskConfig
+from arcsl.toy.config import SHIPPED_MODEL_DIR, TaskConfig
 from arcsl.toy.evaluate import execute_program, score_programs
 from arcsl.toy.prompt import task_prompt
 from arcsl.toy.tasks import (Call, apply_calls, canonical_order, generate_task, generate_tasks, parse_program,
                              program_text)
 
-SHIPPED_MODEL = Path(__file__).parents[1] / "models" / "toy"
+SHIPPED_MODEL = SHIPPED_MODEL_DIR
 
 
 # --- the DSL ------------------------------------------------------------------------------------
@@ -224,7 +224,6 @@ def test_pretraining_can_start_from_a_saved_model(tmp_path):
     assert (tmp_path / "b" / "model" / "model.safetensors").exists()
 
 
-@pytest.mark.skipif(not (SHIPPED_MODEL / "model.safetensors").exists(), reason="no shipped toy model")
 def test_shipped_model_loads_with_auto_classes_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -1,71 +1,107 @@
-"""The embedded default of `arcsl solve`: shipped tasks, the preset, the comparison of the two arms."""
+"""`arcsl demo`, the embedded default: shipped tasks and model (from a wheel too), the preset, the two arms."""
 
 import json
+import os
+import subprocess
+import sys
+import zipfile
 from dataclasses import replace
+from pathlib import Path
 
-from arcsl import cli
-from arcsl.config import LoopConfig
+import pytest
+
+from arcsl import catalog, cli
+from arcsl.config import SolveConfig
 from arcsl.grids import load_tasks
 from arcsl.solve import engine_config
 from arcsl.toy import demo
 from arcsl.toy.demo import DEMO_TASKS, compare, demo_config, demo_tasks, search_only
+from arcsl.toy.prompt import TOY_FORMAT
 from tests.fakes import ScriptedEngine
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_shipped_tasks_are_the_generated_ones(tmp_path):
     demo.write_tasks(tmp_path / "tasks.json")
     assert json.loads((tmp_path / "tasks.json").read_text()) == json.loads(DEMO_TASKS.read_text())
-    loaded = load_tasks("toy/demo").tasks
+    loaded = load_tasks(catalog.resolve_dataset(demo_config().data).dataset).tasks
     assert [t.id for t in loaded] == [t.task.id for t in demo_tasks()]
     assert all(8 <= t.num_calls <= 25 for t in demo_tasks())  # out of distribution: pretraining had 1-5
 
 
 def test_the_demo_loads_one_adapter_per_task_in_flight():
     cfg = demo_config()
-    assert cfg.loop.tasks_in_flight > 1 and engine_config(cfg).num_adapters == cfg.loop.tasks_in_flight
+    assert cfg.run.tasks_in_flight > 1 and engine_config(cfg).num_adapters == cfg.run.tasks_in_flight
 
 
 def test_search_only_has_the_same_budget():
     cfg = demo_config()
     alone = search_only(cfg)
     assert alone.loop.max_rounds == 0
-    assert alone.loop.initial_predictions == cfg.loop.total_predictions == alone.loop.total_predictions
+    assert alone.loop.initial_programs == cfg.loop.total_programs == alone.loop.total_programs
 
 
-def test_solve_without_dataset_and_model_runs_the_demo_with_the_users_flags(monkeypatch):
+def test_demo_runs_the_preset_under_the_users_flags(monkeypatch):
     seen = []
-    monkeypatch.setattr(demo, "compare", lambda cfg: seen.append(cfg))
-    assert cli.main(["solve", "--max-rounds", "1", "--output-dir", "x"]) == 0
-    (cfg,) = seen
-    assert cfg.data.dataset == "toy/demo" and cfg.loop.prompt_format == "toy"
-    assert cfg.model.model == str(demo.TOY_MODEL_DIR)
+    monkeypatch.setattr(demo, "compare", lambda cfg, fmt: seen.append((cfg, fmt)))
+    assert cli.main(["demo", "--max-rounds", "1", "--output-dir", "x"]) == 0
+    [(cfg, fmt)] = seen
+    assert cfg.data.dataset == str(DEMO_TASKS) and fmt is TOY_FORMAT
+    assert cfg.model.model == demo_config().model.model and Path(cfg.model.model).is_dir()
     assert cfg.loop.max_rounds == 1 and cfg.run.output_dir == "x"  # the user's flags win over the preset
 
 
-def test_solve_with_a_dataset_keeps_the_library_defaults(monkeypatch):
+def test_solve_without_flags_uses_the_defaults_its_help_shows(monkeypatch, capsys):
     import arcsl.solve
 
     seen = []
-    monkeypatch.setattr(arcsl.solve, "solve", lambda cfg: seen.append(cfg))
-    assert cli.main(["solve", "--dataset", "arc-agi-1/evaluation"]) == 0
-    assert seen[0].model.model == "barc0/Llama-3.1-ARC-Potpourri-Induction-8B"
-    assert seen[0].loop == LoopConfig()
+    monkeypatch.setattr(arcsl.solve, "solve", lambda cfg, fmt: seen.append(cfg))
+    assert cli.main(["solve"]) == 0
+    assert seen == [SolveConfig()]
+    with pytest.raises(SystemExit):
+        cli.main(["solve", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    assert f"(default: {SolveConfig().model.model})" in shown and "(default: arc-agi-1/evaluation)" in shown
+    assert "arcsl demo" in shown  # where the CPU demo went
 
 
 def test_compare_runs_both_arms_and_tabulates(tmp_path):
     tasks = {t.task.id: t for t in demo_tasks()}
     right = tasks["stripes-8"].program  # solves stripes-8, draws wrong stripes elsewhere
     cfg = demo_config(str(tmp_path))
-    cfg = replace(cfg, data=replace(cfg.data, task_ids=["stripes-8", "frames-8"]),
-                  loop=replace(cfg.loop, initial_predictions=8, predictions_per_round=8, max_rounds=1),
+    cfg = replace(cfg, data=catalog.resolve_dataset(replace(cfg.data, task_ids=["stripes-8", "frames-8"])),
+                  loop=replace(cfg.loop, initial_programs=8, programs_per_round=8, max_rounds=1),
                   run=replace(cfg.run, progress=False))
-    rows = compare(cfg, engine=ScriptedEngine({0: [right]}, num_adapters=cfg.loop.tasks_in_flight))
+    rows = compare(cfg, TOY_FORMAT, engine=ScriptedEngine({0: [right]}, num_adapters=cfg.run.tasks_in_flight))
     assert [(a.task_id, a.solved, b.solved) for a, b in rows] == [("stripes-8", True, True), ("frames-8", False, False)]
     stripes, frames = rows
-    assert stripes[1].predictions == 16 and frames[1].predictions == 16  # search alone: the whole budget at once
-    assert frames[0].predictions == 16 and stripes[0].predictions == 8   # solved tasks stop early
+    assert stripes[1].num_programs == 16 and frames[1].num_programs == 16  # search alone: the whole budget at once
+    assert frames[0].num_programs == 16 and stripes[0].num_programs == 8   # solved tasks stop early
     assert 0 < frames[0].best_train_score < 1
     table = (tmp_path / "comparison.md").read_text()
     assert "| **solved** | **1 / 2** | **1 / 2** |" in table
     for arm in ("search-and-learn", "search-only"):
         assert (tmp_path / arm / "submission.json").exists()
+
+
+def test_a_wheel_carries_the_shipped_model_and_tasks_and_runs_the_demo_outside_the_repository(tmp_path):
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                    str(tmp_path / "dist"), str(REPO)], check=True, cwd=tmp_path, capture_output=True)
+    [wheel] = (tmp_path / "dist").glob("arcsl-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert {"arcsl/toy/demo_tasks.json", "arcsl/toy/shipped_model/model.safetensors",
+            "arcsl/toy/shipped_model/tokenizer.json", "arcsl/toy/shipped_model/config.json"} <= names
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(site), str(wheel)],
+                   check=True, capture_output=True)
+    # the wheel's arcsl first on the path, the repository nowhere on it; the dependencies from this environment
+    env = os.environ | {"PYTHONPATH": str(site)}
+    script = ("import sys, arcsl; print(arcsl.__file__); from arcsl.cli import main; sys.exit(main(["
+              "'demo', '--task-ids', 'stripes-8', '--initial-programs', '8', '--programs-per-round', '8', "
+              "'--max-rounds', '1', '--tasks-in-flight', '1', '--num-workers', '1', '--no-progress', "
+              "'--output-dir', 'out']))")
+    done = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.startswith(str(site / "arcsl"))
+    assert "| stripes-8 |" in (tmp_path / "out" / "comparison.md").read_text()

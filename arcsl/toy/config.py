@@ -6,8 +6,10 @@ so that `arcsl.cli.add_config_args` builds the flags from them.
 """
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 CALL_NAMES = ("pixel", "line", "rect", "border")
+SHIPPED_MODEL_DIR = Path(__file__).with_name("shipped_model")  # the model `arcsl demo` uses; in the wheel too
 
 
 @dataclass(slots=True)
@@ -90,7 +92,7 @@ class PretrainConfig:
     save_every_minutes: float = field(default=3.0, metadata={"help": "checkpoint every N minutes (and at the end)"})
     resume: bool = field(default=True, metadata={"help": "resume from output_dir/checkpoint when it exists"})
     init_from: str | None = field(default=None, metadata={
-        "help": "start from this saved model folder (e.g. models/toy) with a fresh optimizer and schedule; "
+        "help": "start from this saved model folder (e.g. arcsl/toy/shipped_model) with a fresh optimizer and schedule; "
                 "ignored when resuming a checkpoint. The model sizes come from that folder"})
     tiny: bool = field(default=False, metadata={
         "help": "a model and batch small enough for a CPU test in seconds (overrides model and batch sizes)"})
@@ -111,7 +113,8 @@ class PretrainConfig:
 
 @dataclass(slots=True)
 class EvalConfig:
-    model_dir: str = field(default="models/toy", metadata={"help": "saved model + tokenizer folder"})
+    model_dir: str = field(default=str(SHIPPED_MODEL_DIR), metadata={
+        "help": "saved model + tokenizer folder; default: the shipped model"})
     num_tasks: int = field(default=50, metadata={"help": "tasks per in-distribution row of the table"})
     num_ood_tasks: int = field(default=20, metadata={"help": "tasks per out-of-distribution row"})
     num_samples: int = field(default=8, metadata={"help": "programs sampled per task (the k of pass@k)"})

@@ -1,6 +1,6 @@
-"""The embedded default of `arcsl solve`: search and learn against search alone, on toy tasks, on a CPU.
+"""`arcsl demo`, the embedded default: search and learn against search alone, on toy tasks, on a CPU.
 
-The shipped model (`models/toy`) was pretrained on tasks with 1-5 drawing calls. The demo tasks
+The shipped model (`arcsl/toy/shipped_model`, in the wheel too) was pretrained on tasks with 1-5 drawing calls. The demo tasks
 need 8-25 calls: out of distribution, where the model alone writes about 5 lines and stops. The
 demo runs the same tasks twice with the same number of programs per task: once search-and-learn
 (a search, then rounds of fine-tuning on hindsight-relabelled attempts and searching again), once
@@ -8,7 +8,7 @@ search alone (all programs from the pretrained model), and prints one table comp
 Search-and-learn solves 2-3 of the 8 over five seeds, search alone none (docs/toy.md).
 
     python -m arcsl.toy.demo --write-tasks     # regenerate arcsl/toy/demo_tasks.json (seeded)
-    arcsl solve                                 # the demo: no --dataset and no --model
+    arcsl demo                                  # the demo; every flag of `arcsl solve` applies
 
 Its settings (`demo_config`) differ from the library defaults in three ways, each measured (docs/toy.md):
 - no augmented views. A 4M-parameter model does not carry what it learns in one rotation or colouring to
@@ -33,13 +33,13 @@ import numpy as np
 from arcsl.config import (DataConfig, FinetuneConfig, LoopConfig, ModelConfig, RelabelConfig, RunConfig,
                           SamplingConfig, SolveConfig)
 from arcsl.grids import task_to_json
+from arcsl.prompting import PromptFormat
 from arcsl.toy import draw
-from arcsl.toy.config import TaskConfig
+from arcsl.toy.config import SHIPPED_MODEL_DIR, TaskConfig
 from arcsl.toy.tasks import Call, ToyTask, generate_tasks, make_task
 
-TOY_MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "toy"
 DEMO_TASKS = Path(__file__).with_name("demo_tasks.json")
-DEMO_DATASET = "toy/demo"
+DEMO_DATASET = "toy/demo"  # its name for --dataset (arcsl.catalog maps it to DEMO_TASKS)
 
 
 # --- the tasks ----------------------------------------------------------------------------------
@@ -92,18 +92,18 @@ def write_tasks(path: Path = DEMO_TASKS) -> None:
 # --- the settings -------------------------------------------------------------------------------
 
 def demo_config(output_dir: str = "out/demo") -> SolveConfig:
-    """Defaults of `arcsl solve` without --dataset and --model: the toy model on the demo tasks."""
+    """The defaults of `arcsl demo`: the shipped toy model on the demo tasks."""
     return SolveConfig(
         data=DataConfig(dataset=DEMO_DATASET),
-        model=ModelConfig(model=str(TOY_MODEL_DIR), lora_rank=16, lora_alpha=16.0),
+        model=ModelConfig(model=str(SHIPPED_MODEL_DIR), lora_rank=16, lora_alpha=16.0),
         sampling=SamplingConfig(temperature=1.0, top_p=1.0, max_new_tokens=400),
         finetune=FinetuneConfig(learning_rate=1e-3, num_epochs=2, examples_per_step=4, max_seq_len=2048,
                                 max_tokens_per_micro_batch=8192),
         relabel=RelabelConfig(relabel_rounds="all", max_examples=8, prune_programs=True),
-        loop=LoopConfig(initial_predictions=16, predictions_per_round=16, max_rounds=7, samples_per_view=8,
-                        stop="one-solution", prompt_format="toy", tasks_in_flight=8,
+        loop=LoopConfig(initial_programs=16, programs_per_round=16, max_rounds=7, samples_per_view=8,
+                        stop="one-solution", prompt_format="toy",
                         augment_dihedral=False, augment_colors="none", augment_train_order=False),
-        run=RunConfig(output_dir=output_dir))
+        run=RunConfig(output_dir=output_dir, tasks_in_flight=8))
 
 
 # --- search and learn against search alone ------------------------------------------------------
@@ -114,22 +114,23 @@ class ArmResult:
     task_id: str
     solved: bool            # one program is exact on every train and test grid
     best_train_score: float
-    predictions: int
+    num_programs: int
 
 
 def search_only(cfg: SolveConfig) -> SolveConfig:
     """The same budget of programs per task as `cfg` at most uses, all from the pretrained model."""
-    loop = replace(cfg.loop, initial_predictions=cfg.loop.total_predictions, max_rounds=0)
+    loop = replace(cfg.loop, initial_programs=cfg.loop.total_programs, max_rounds=0)
     return replace(cfg, loop=loop)
 
 
-def compare(cfg: SolveConfig, engine=None) -> list[tuple[ArmResult, ArmResult]]:
+def compare(cfg: SolveConfig, prompt_format: PromptFormat, engine=None) -> list[tuple[ArmResult, ArmResult]]:
     """Run search-and-learn then search alone into two sub-folders of cfg.run.output_dir; print the table.
 
     Args:
+        prompt_format: the format cfg.loop.prompt_format names (TOY_FORMAT for the demo's settings).
         engine: an `Engine` to use instead of loading `cfg.model` (tests).
     """
-    from arcsl.engine import load_engine
+    from arcsl.engine.hf import load_engine
     from arcsl.solve import engine_config, solve
 
     out = Path(cfg.run.output_dir)
@@ -138,7 +139,7 @@ def compare(cfg: SolveConfig, engine=None) -> list[tuple[ArmResult, ArmResult]]:
     for name, arm_cfg in (("search-and-learn", cfg), ("search-only", search_only(cfg))):
         print(f"\n== {name} ==", file=sys.stderr)
         arm_cfg = replace(arm_cfg, run=replace(cfg.run, output_dir=str(out / name)))
-        solve(arm_cfg, engine=engine)
+        solve(arm_cfg, prompt_format, engine=engine)
         arms[name] = _arm_results(out / name)
     rows = [(arms["search-and-learn"][k], arms["search-only"][k]) for k in arms["search-and-learn"]]
     table = comparison_table(rows)
@@ -163,7 +164,7 @@ def comparison_table(rows: list[tuple[ArmResult, ArmResult]]) -> str:
     lines = ["| task | search-and-learn | search only |", "|---|---|---|"]
 
     def cell(r: ArmResult) -> str:
-        return f"{'**solved**' if r.solved else 'no'} ({r.best_train_score:.3f}, {r.predictions} programs)"
+        return f"{'**solved**' if r.solved else 'no'} ({r.best_train_score:.3f}, {r.num_programs} programs)"
 
     for learn, alone in rows:
         lines.append(f"| {learn.task_id} | {cell(learn)} | {cell(alone)} |")

@@ -1,7 +1,7 @@
 """Evaluate the toy model: pass@k by number of drawing calls, in and out of distribution.
 
 Examples:
-    python -m arcsl.toy.evaluate                                  # models/toy, writes docs/toy_eval.{json,png}
+    python -m arcsl.toy.evaluate                                  # the shipped model, writes docs/toy_eval.{json,png}
     python -m arcsl.toy.evaluate --num-tasks 10 --ood-calls 6 10 --ood-sides 12 \
         --output out/eval.json --plot out/eval.png
 

@@ -3,9 +3,9 @@
 Examples:
     python -m arcsl.toy.pretrain --tiny --max-steps 20 --output-dir out/toy-tiny          # CPU, seconds
     python -m arcsl.toy.pretrain --max-minutes 7 --output-dir out/toy                    # one GPU
-    python -m arcsl.toy.pretrain --init-from models/toy --min-calls 2 --lr 6e-4 --warmup-steps 50 --max-minutes 7 \
+    python -m arcsl.toy.pretrain --init-from arcsl/toy/shipped_model --min-calls 2 --lr 6e-4 --warmup-steps 50 --max-minutes 7 \
         --output-dir out/toy-more                                                          # continue the shipped model
-    python -m arcsl.toy.pretrain --init-from models/toy --max-line-gap 32 --prior-fraction 0.25 --lr 1e-3 \
+    python -m arcsl.toy.pretrain --init-from arcsl/toy/shipped_model --max-line-gap 32 --prior-fraction 0.25 --lr 1e-3 \
         --warmup-steps 100 --max-minutes 7.6 --output-dir out/toy5                        # how run 5 was made
     accelerate launch --num_processes 4 -m arcsl.toy.pretrain --max-minutes 9 --output-dir out/toy
 

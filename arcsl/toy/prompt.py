@@ -12,10 +12,15 @@ it with the tokenizer's EOS token. Test inputs are left out: the program is the 
     220
 
 No chat template and no instructions: the model was trained from scratch on this format only.
+`TOY_FORMAT` is that format as the core's `PromptFormat`: no stop rule (the model ends with EOS), the
+`draw` DSL, and pruning of relabelled programs to the lines that change an output.
 """
+
+from pathlib import Path
 
 from arcsl.gridtext import grid_to_digits
 from arcsl.grids import Task
+from arcsl.prompting import PromptFormat
 from arcsl.toy.tasks import parse_program, program_text, prune_calls
 
 
@@ -36,3 +41,12 @@ def pruned_program(completion: str, task: Task) -> str:
         return program_text(prune_calls(parse_program(completion), [p.input for p in task.train]))
     except ValueError:  # not in the generator's format, or a call that raises on these inputs
         return completion
+
+
+def completion_program(completion: str) -> str | None:
+    """The completion is the program itself: its text, or None if blank."""
+    return completion if completion.strip() else None
+
+
+TOY_FORMAT = PromptFormat("toy", task_prompt, completion_program, None, Path(__file__).with_name("draw.py"),
+                          pruned_program)

@@ -10,13 +10,15 @@ What is covered:
   place). The prompts of a batch are prefilled together, padded to the longest. Each prompt may use its own
   LoRA adapter (the weights then mix adapters; a static one-hot mask per row picks its adapter's block).
 - the decode step's elementwise pieces (`rms_norm`, `add_rms_norm`, `silu_mul`, `rotate`, `softmax_lse`,
-  `merge_parts`) as plain functions; `decode_ops(compiled=True)` gives them compiled by torch.compile,
-  once per process, so each becomes one fused kernel (a step has ~16 kernels per layer instead of ~75).
+  `merge_parts`) as plain functions; `compiled_ops()` gives them compiled by torch.compile, once per
+  process, so each becomes one fused kernel (a step has ~16 kernels per layer instead of ~75).
 - `CacheDecoder`: any Hugging Face causal LM through its own forward; the prompt is prefilled once and its
   cache copied to each sample. Slower; the fallback for architectures the fast path does not know.
 - `pick_tokens`: greedy, temperature and top-p sampling with an explicit generator (reproducible).
-- `generate`: the decode loop, with stops at EOS/end-of-turn or at the end of the first ``` code block. On
-  CPU, where a step costs in proportion to its rows, a prompt whose samples have all stopped leaves the batch.
+- `generate`: the decode loop, with stops at EOS/end-of-turn or where the caller's stop rule (a `StopRule`,
+  e.g. the prompt format's) says the text is complete; the sampler does not know what the rule looks for.
+  On CPU, where a step costs in proportion to its rows, a prompt whose samples have all stopped leaves the
+  batch.
 
 What is not covered: continuous batching (a batch runs until its last sample stops; on a GPU a finished
 sample still occupies its row, which costs little because a decode step is bound by reading the weights),
@@ -33,16 +35,11 @@ import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, rotate_half
 
 from arcsl.config import SamplingConfig
+from arcsl.engine.planner import ALIGN, PREFILL_TOKENS, PROMPT_ALIGN, round_up
+from arcsl.engine.types import StopRule
 
 FAST_MODEL_TYPES = ("llama",)  # decoder layout the fast path re-implements (q/k/v/o, rotary, pre-norm, MLP)
 CHECK_EVERY = 16  # decode steps between host syncs (stop checks); finished samples run on until then
-ALIGN = 64  # step-cache lengths are rounded up to this, so graphs are reused
-PROMPT_ALIGN = 256  # prompt-cache lengths too: one graph serves all prompts of a 256-token bucket
-PREFILL_TOKENS = 16384  # most padded tokens prefilled in one forward (bounds the prefill's activations)
-
-
-def round_up(x: int, multiple: int) -> int:
-    return -(-x // multiple) * multiple
 
 
 # --- token choice -----------------------------------------------------------------------------------
@@ -66,18 +63,6 @@ def pick_tokens(logits: torch.Tensor, temperature: float, top_p: float,
     sorted_probs = sorted_probs.masked_fill(outside, 0.0)
     noise = torch.empty_like(sorted_probs).exponential_(generator=generator)
     return order.gather(-1, (sorted_probs / noise).argmax(dim=-1, keepdim=True)).squeeze(-1)
-
-
-def code_block_end(text: str) -> int | None:
-    """Index just past the fence that closes the first ``` block of `text`, or None while it is open."""
-    opening = text.find("```")
-    if opening < 0:
-        return None
-    line_end = text.find("\n", opening)
-    if line_end < 0:
-        return None
-    closing = text.find("\n```", line_end)
-    return None if closing < 0 else closing + 4
 
 
 # --- the fused pieces of a decode step --------------------------------------------------------------
@@ -436,29 +421,27 @@ class RowState:
     text: str = ""
     end: int | None = None  # tokens generated when it stopped, the stop token included
     finish_reason: str = "length"
-    text_end: int | None = None  # cut the final text here (just past the closing fence)
+    text_end: int | None = None  # cut the final text here (where the stop rule said)
 
 
 def generate(decoder, logits: torch.Tensor, cfg: SamplingConfig, stop_ids: list[int],
-             generator: torch.Generator | None, tokenizer) -> list[RowState]:
+             generator: torch.Generator | None, tokenizer, stop: StopRule | None = None) -> list[RowState]:
     """Samples from the prefilled `decoder` (`logits`: its first-token logits) until every row has stopped
     or has `cfg.max_new_tokens`; returns one finished `RowState` per row.
 
-    Stop rules: a token in `stop_ids` (EOS, end of turn; not part of the text), or, with
-    `cfg.stop_at_code_end` (and not `cfg.ignore_eos`), the text closing its first ``` block (the text is cut
-    just after the fence). `tokenizer` is needed only for the latter.
+    Stops: a token in `stop_ids` (EOS, end of turn; not part of the text), or `stop` answering for the text
+    so far (the text is cut where it says). `tokenizer` is needed only for `stop`.
     """
     rows = [RowState() for _ in range(decoder.num_rows)]
     out = torch.zeros(decoder.num_rows, cfg.max_new_tokens, dtype=torch.long, device=logits.device)
     live = slice(None)  # the rows of `rows` the decoder samples: all, until it is narrowed
-    stop_at_code_end = cfg.stop_at_code_end and not cfg.ignore_eos
     checked = 0
     for step in range(cfg.max_new_tokens):
         out[live, step] = pick_tokens(logits, cfg.temperature, cfg.top_p, generator)
         done = step + 1
         if done == cfg.max_new_tokens or done % CHECK_EVERY == 0:
             new = out[:, checked:done].tolist()  # the only host sync: once per CHECK_EVERY steps
-            _check_stops(rows, new, checked, set(stop_ids), stop_at_code_end, tokenizer)
+            _check_stops(rows, new, checked, set(stop_ids), stop, tokenizer)
             checked = done
             if all(r.end is not None for r in rows):
                 break
@@ -483,27 +466,27 @@ def _drop_stopped_prompts(decoder, rows: list[RowState], live: slice | torch.Ten
 
 
 def _check_stops(rows: list[RowState], new: list[list[int]], offset: int, stop_ids: set[int],
-                 stop_at_code_end: bool, tokenizer) -> None:
+                 stop: StopRule | None, tokenizer) -> None:
     live = [i for i, r in enumerate(rows) if r.end is None]
     for i in live:
         rows[i].tokens.extend(new[i])
     eos_at = {i: next((j for j, t in enumerate(new[i]) if t in stop_ids), None) for i in live}
-    if stop_at_code_end:
-        # decode only the new tokens; fences are ASCII, so a character split across chunks cannot hide one
+    if stop is not None:
+        # decode only the new tokens; a rule that looks for ASCII marks cannot miss one split across chunks
         pieces = tokenizer.batch_decode([new[i][:eos_at[i]] for i in live], skip_special_tokens=False)
         for i, piece in zip(live, pieces):
             rows[i].text += piece
-            if code_block_end(rows[i].text) is not None:
-                _stop_at_fence(rows[i], offset, tokenizer)
+            if stop(rows[i].text) is not None:
+                _stop_where_rule_says(rows[i], offset, tokenizer, stop)
     for i in live:
         if rows[i].end is None and eos_at[i] is not None:
             rows[i].end, rows[i].finish_reason = offset + eos_at[i] + 1, "eos"
 
 
-def _stop_at_fence(row: RowState, offset: int, tokenizer) -> None:
-    # the first token count (within the last chunk) whose full text closes the block
+def _stop_where_rule_says(row: RowState, offset: int, tokenizer, stop: StopRule) -> None:
+    # the first token count (within the last chunk) whose full text the rule ends
     for end in range(offset + 1, len(row.tokens) + 1):
-        cut = code_block_end(tokenizer.decode(row.tokens[:end], skip_special_tokens=False))
+        cut = stop(tokenizer.decode(row.tokens[:end], skip_special_tokens=False))
         if cut is not None:
             row.end, row.finish_reason, row.text_end = end, "stop", cut
             return

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from arcsl.sampler import FAST_MODEL_TYPES
+from arcsl.engine.sampler import FAST_MODEL_TYPES
 
 
 @dataclass(slots=True)

@@ -22,30 +22,13 @@ training (one engine per GPU; tasks are sharded, not batches).
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from arcsl.config import FinetuneConfig
-
-Tokenized = tuple[list[int], int]  # token ids (prompt + completion + end token), number of prompt tokens
-
-
-@dataclass(frozen=True, slots=True)
-class FinetuneStats:
-    num_examples: int  # examples trained on (per epoch)
-    num_dropped: int  # examples longer than max_seq_len, skipped
-    num_steps: int
-    num_tokens: int  # real (unpadded) tokens processed, all epochs
-    num_loss_tokens: int  # completion tokens the loss was taken on, all epochs
-    losses: list[float]  # mean loss per completion token, per optimizer step
-    seconds: float
-    examples_per_s: float
-    tokens_per_s: float
-    peak_memory_gb: float  # 0 on CPU
-    num_checkpointed: int = 0  # micro-batches run with gradient checkpointing, all epochs
-    num_oom_retries: int = 0  # steps started again after running out of memory
+from arcsl.engine.tokens import Tokenized
+from arcsl.engine.types import FinetuneStats
 
 
 def collate(batch: list[Tokenized], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
