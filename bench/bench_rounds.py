@@ -1,4 +1,4 @@
-"""Rounds are free? `arcsl solve` with 1, 3 and 7 learning rounds at a fixed number of predictions per task.
+"""Rounds are free? `arcsl solve` with 1, 3 and 7 learning rounds at a fixed number of programs per task.
 
 Examples:
     python bench/bench_rounds.py                                                  # tiny model on CPU, seconds
@@ -10,7 +10,7 @@ Examples:
 
 Each configuration runs `arcsl.solve.solve` (the whole loop: views, sampling, sandbox execution, scoring,
 relabelling, fine-tuning, reset, the results store, submission and reports) on the same ARC-AGI-1
-evaluation tasks of median size, with the same total per task: P predictions (P/(R+1) per search, R
+evaluation tasks of median size, with the same total per task: P programs (P/(R+1) per search, R
 learning rounds) and T relabelled training examples (T/R per round, --train-examples). The model has
 random weights, so it writes garbage: every sample is generated to exactly --max-new-tokens tokens
 (SamplingConfig.ignore_eos, benchmarks only), and then its text is replaced by a BARC-style program
@@ -48,12 +48,12 @@ DATASET = "arc-agi-1/evaluation"
 
 def tasks_in_flight(args, rounds: int) -> int:
     """K for a configuration: --tasks-in-flight, or with 0, rounds + 1 (at most the tasks there are), so
-    that every configuration's searches decode the same number of rows: K x predictions / (rounds + 1)."""
+    that every configuration's searches decode the same number of rows: K x programs / (rounds + 1)."""
     return args.tasks_in_flight or min(args.num_tasks, rounds + 1)
 
 
 def solve_config(args, rounds: int, task_ids: list[str], output_dir: Path) -> SolveConfig:
-    per_search = args.predictions // (rounds + 1)
+    per_search = args.programs // (rounds + 1)
     in_flight = tasks_in_flight(args, rounds)
     return SolveConfig(
         data=DataConfig(dataset=DATASET, task_ids=task_ids),
@@ -70,9 +70,9 @@ def solve_config(args, rounds: int, task_ids: list[str], output_dir: Path) -> So
 
 def check_args(args) -> None:
     for rounds in args.rounds:
-        per_search = args.predictions // (rounds + 1)
-        if per_search * (rounds + 1) != args.predictions or per_search % args.samples_per_view:
-            raise ValueError(f"--predictions {args.predictions} must split into {rounds + 1} searches of a multiple "
+        per_search = args.programs // (rounds + 1)
+        if per_search * (rounds + 1) != args.programs or per_search % args.samples_per_view:
+            raise ValueError(f"--programs {args.programs} must split into {rounds + 1} searches of a multiple "
                              f"of --samples-per-view {args.samples_per_view}")
         if args.train_examples % rounds:
             raise ValueError(f"--train-examples {args.train_examples} must split evenly over {rounds} rounds")
@@ -107,7 +107,7 @@ def measure(args, rounds: int, task_ids: list[str], engine: ProgramEngine, work_
         per_task[t.task_id] += t.seconds
         per_round[t.round][t.phase] += t.seconds / len(task_ids)
     return {"rounds": rounds, "tasks_in_flight": tasks_in_flight(args, rounds),
-            "predictions_per_search": args.predictions // (rounds + 1),
+            "programs_per_search": args.programs // (rounds + 1),
             "train_examples_per_round": args.train_examples // rounds,
             "examples_trained": sum(s.num_examples for s in engine.finetune_stats),
             "task_s": {k: round(v, 2) for k, v in per_task.items()},
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--arch", default="tiny", choices=["tiny", "llama-3.1-8b"])
     parser.add_argument("--num-tasks", type=int, default=None, help="default: 1 tiny, 5")
     parser.add_argument("--rounds", type=int, nargs="+", default=None, help="default: 1 2 tiny, 1 3 7")
-    parser.add_argument("--predictions", type=int, default=None, help="per task; default: 12 tiny, 128")
+    parser.add_argument("--programs", type=int, default=None, help="per task; default: 12 tiny, 128")
     parser.add_argument("--samples-per-view", type=int, default=None, help="default: 2 tiny, 8")
     parser.add_argument("--train-examples", type=int, default=None, help="per task, all rounds; default: 2 tiny, 21")
     parser.add_argument("--max-new-tokens", type=int, default=None, help="per sample; default: 8 tiny, 400")
@@ -137,7 +137,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default=None, help="also write the JSON result to this file")
     args = parser.parse_args(argv)
     tiny = args.arch == "tiny"
-    defaults = {"num_tasks": (1, 5), "rounds": ([1, 2], [1, 3, 7]), "predictions": (12, 128),
+    defaults = {"num_tasks": (1, 5), "rounds": ([1, 2], [1, 3, 7]), "programs": (12, 128),
                 "samples_per_view": (2, 8), "train_examples": (2, 21), "max_new_tokens": (8, 400)}
     for name, (small, large) in defaults.items():
         if getattr(args, name) is None:

@@ -10,7 +10,7 @@
 #              sampler's kept memory (target 2), reset, checks that every decode path computes the model
 #   overhead   per-round overhead: sample -> finetune -> sample -> reset -> sample (target 3)
 #   execution  a round's programs in the sandbox on all cores against the time to sample them (target 5)
-#   rounds     `arcsl solve` with 1 and 7 rounds at 128 predictions per task (target 4); one task at a time
+#   rounds     `arcsl solve` with 1 and 7 rounds at 128 programs per task (target 4); one task at a time
 #              here, to stay within the 10 minutes. Target 4 itself (8 tasks, rounds + 1 in flight, ~7 min):
 #              bench/bench_rounds.py --arch llama-3.1-8b --num-tasks 8 --tasks-in-flight 0
 set -u

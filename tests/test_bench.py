@@ -64,7 +64,7 @@ def test_the_rounds_benchmark_runs_in_tiny_mode(tmp_path, capsys):
     result = load("bench_rounds").main(["--work-dir", str(tmp_path)])
     assert [c["rounds"] for c in result["configs"]] == [1, 2]
     assert [c["examples_trained"] for c in result["configs"]] == [2, 2]  # equal training across configurations
-    assert all(c["output_tokens"] == 12 * 8 for c in result["configs"])  # 12 predictions x 8 tokens each
+    assert all(c["output_tokens"] == 12 * 8 for c in result["configs"])  # 12 programs x 8 tokens each
     assert last_json_line(capsys)["bench"] == "rounds"
 
 
@@ -80,7 +80,7 @@ def test_the_rounds_benchmark_runs_with_two_tasks_in_flight(tmp_path, capsys):
 
 def test_the_rounds_benchmark_can_match_rows_per_decode_step(tmp_path):
     result = load("bench_rounds").main(["--work-dir", str(tmp_path), "--num-tasks", "3", "--rounds", "1", "2",
-                                        "--predictions", "12", "--tasks-in-flight", "0"])
+                                        "--programs", "12", "--tasks-in-flight", "0"])
     # K = rounds + 1: 2 tasks x 6 rows for 1 round, 3 x 4 for 2 rounds (12 rows per search either way)
     assert [c["tasks_in_flight"] for c in result["configs"]] == [2, 3]
     assert all(len(c["task_s"]) == 3 for c in result["configs"])

@@ -3,6 +3,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from arcsl.cli import main
 
 
@@ -39,3 +41,19 @@ def test_console_script_is_installed_and_answers_help():
     script = Path(sys.executable).parent / "arcsl"  # the [project.scripts] entry, beside the interpreter
     result = subprocess.run([str(script), "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "show" in result.stdout and "tasks" in result.stdout
+
+
+def test_an_unknown_prompt_format_is_refused_with_the_choices(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["solve", "--prompt-format", "chatml"])
+    assert exit_.value.code == 2
+    assert "--prompt-format: invalid choice: 'chatml' (choose from 'barc', 'toy')" in capsys.readouterr().err
+
+
+def test_demo_and_solve_have_the_same_flags_with_their_own_defaults():
+    from arcsl.cli import make_parser
+
+    subcommands = make_parser()._subparsers._group_actions[0].choices
+    demo, solve = ({a.dest: a.default for a in subcommands[name]._actions} for name in ("demo", "solve"))
+    assert demo.keys() == solve.keys()
+    assert solve["prompt_format"] == "barc" and demo["prompt_format"] == "toy"
