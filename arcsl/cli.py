@@ -16,6 +16,7 @@ config is the one source of truth; this module holds no logic beyond wiring. Nam
 
 import argparse
 import dataclasses
+import signal
 import sys
 import types
 from pathlib import Path
@@ -35,7 +36,8 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[str,
     """Add one kebab-case flag per field of the dataclass `cls` (except `skip`), with its default and help.
 
     `defaults`, an instance of `cls`, replaces the class defaults (a preset such as the toy demo's);
-    `choices` lists the accepted values of some fields; a field's metadata "aliases" are older flag names.
+    `choices` lists the accepted values of some fields; a field's metadata "aliases" are older flag names, and
+    its "words" values that may be given as words (e.g. {"auto": 0}).
     """
     group = parser.add_argument_group(cls.__name__)
     hints = get_type_hints(cls)
@@ -56,8 +58,19 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[str,
         elif get_origin(kind) is list:
             group.add_argument(*names, nargs="+", type=get_args(kind)[0], default=default, help=help_text)
         else:
-            group.add_argument(*names, type=kind, default=default, help=help_text,
-                               choices=(choices or {}).get(f.name))
+            words = f.metadata.get("words", {})  # values given as words, e.g. --tasks-in-flight auto
+            shown = next((w for w, v in words.items() if v == default), default)
+            help_text = help_text.replace(f"(default: {default})", f"(default: {shown})")
+            group.add_argument(*names, type=_with_words(kind, words) if words else kind, default=default,
+                               help=help_text, choices=(choices or {}).get(f.name))
+
+
+def _with_words(kind: type, words: dict[str, object]):
+    def parse(text: str):
+        return words[text] if text in words else kind(text)
+
+    parse.__name__ = kind.__name__  # argparse names the type in its errors
+    return parse
 
 
 def config_from_args(cls: type, args: argparse.Namespace, **overrides):
@@ -138,6 +151,13 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:  # user mistakes (bad flags, bad files): one clear line, no traceback
         print(f"arcsl {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM during a run (arcsl.solve.Stopped)
+        from arcsl.solve import Stopped
+
+        signum = e.signum if isinstance(e, Stopped) else signal.SIGINT
+        print(f"arcsl {args.command}: stopped by {signal.Signals(signum).name}; the results so far are stored, and "
+              "--resume continues the run", file=sys.stderr)
+        return 128 + signum
     raise AssertionError(f"unhandled command {args.command!r}")
 
 

@@ -9,15 +9,17 @@ from dataclasses import dataclass, field
 
 @dataclass(slots=True)
 class SandboxConfig:
-    num_workers: int = field(default=0, metadata={"help": "worker processes; 0 = one per CPU core"})
+    sandbox_workers: int = field(default=0, metadata={
+        "help": "sandbox processes of each worker; 0 = the CPU cores shared out among the workers",
+        "aliases": ["num_workers"]})
     timeout_s: float = field(default=5.0, metadata={"help": "wall-clock limit per program (all its inputs), seconds"})
     memory_mb: int = field(default=2048, metadata={"help": "address-space cap per worker process, MB"})
     max_side: int = field(default=30, metadata={"help": "largest accepted output side; outputs beyond it are invalid"})
     check_determinism: bool = field(default=False, metadata={"help": "run each program twice and flag differing outputs"})
 
     def __post_init__(self):
-        if self.num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0 (0 = one per core), got {self.num_workers}")
+        if self.sandbox_workers < 0:
+            raise ValueError(f"sandbox_workers must be >= 0 (0 = a share of the cores), got {self.sandbox_workers}")
         if self.timeout_s <= 0:
             raise ValueError(f"timeout_s must be > 0, got {self.timeout_s}")
         if self.memory_mb < 256:
@@ -26,7 +28,7 @@ class SandboxConfig:
             raise ValueError(f"max_side must be in 1..1000, got {self.max_side}")
 
 
-SORT_ORDERS = ("none", "small-first", "large-first")
+SORT_ORDERS = ("auto", "none", "small-first", "large-first")
 
 
 @dataclass(slots=True)
@@ -38,8 +40,9 @@ class DataConfig:
         "help": "solutions JSON; default: *_solutions.json beside a *_challenges.json, if present"})
     task_ids: list[str] | None = field(default=None, metadata={"help": "only these task ids (in this order)"})
     limit: int = field(default=-1, metadata={"help": "keep the first N tasks after selection and sorting; -1 = all"})
-    sort: str = field(default="none", metadata={
-        "help": "order tasks by size (total cells, a proxy for prompt length): none, small-first, large-first"})
+    sort: str = field(default="auto", metadata={
+        "help": "order tasks by size (total cells, a proxy for prompt length): none (as listed), small-first, "
+                "large-first, or auto: large-first when several workers share the queue, else none"})
     skip_invalid: bool = field(default=False, metadata={
         "help": "skip tasks that fail validation (each one is listed) instead of stopping with an error"})
 
@@ -244,17 +247,26 @@ class RunConfig:
                 "submission.json is complete before it; -1 = none"})
     deadline_margin_s: float = field(default=60.0, metadata={
         "help": "seconds kept free before the deadline for the final exports"})
-    tasks_in_flight: int = field(default=1, metadata={
-        "help": "tasks searched together in lockstep rounds, each learning in its own LoRA adapter (the engine is "
-                "loaded with that many): a round's sampling for all of them is one engine call, and a task that "
-                "stops hands its adapter to the next task at once; 1 = one task at a time"})
+    workers: int = field(default=0, metadata={
+        "help": "worker processes, each with its own engine on its own GPU, taking tasks from one queue (largest "
+                "first when there are several); 0 = one per visible GPU, 1 on a CPU. 1 runs in this process"})
+    ray_address: str = field(default="", metadata={
+        "help": "run the workers as Ray actors on this cluster (auto, or HOST:PORT), one per GPU Ray assigns; "
+                "needs pip install 'arcsl[ray]'; empty = processes on this machine"})
+    tasks_in_flight: int = field(default=0, metadata={
+        "help": "tasks each worker searches together in lockstep rounds, each learning in its own LoRA adapter (the "
+                "engine is loaded with that many): a round's sampling for all of them is one engine call, and a "
+                "task that stops hands its adapter to the next at once; auto (0) = as many as fill a decode step "
+                "(128 rows on a GPU, 64 on a CPU) with --programs-per-round each", "words": {"auto": 0}})
     progress: bool = field(default=True, metadata={"help": "show a progress bar over tasks"})
     wandb: bool = field(default=False, metadata={
         "help": "log to Weights & Biases (pip install wandb; WANDB_MODE=offline works without network)"})
 
     def __post_init__(self):
-        if self.tasks_in_flight < 1:
-            raise ValueError(f"tasks_in_flight must be >= 1, got {self.tasks_in_flight}")
+        if self.tasks_in_flight < 0:
+            raise ValueError(f"tasks_in_flight must be >= 1, or auto (0); got {self.tasks_in_flight}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0 (0 = one per GPU), got {self.workers}")
         if self.deadline_s != -1 and self.deadline_s <= 0:
             raise ValueError(f"deadline_s must be > 0 seconds or -1 (none); got {self.deadline_s}")
         if self.deadline_margin_s < 0:

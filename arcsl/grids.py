@@ -289,8 +289,8 @@ def select_tasks(tasks: list[Task], task_ids: list[str] | None = None, sort: str
         tasks = sorted(tasks, key=lambda t: (t.num_cells, t.id))
     elif sort == "large-first":
         tasks = sorted(tasks, key=lambda t: (-t.num_cells, t.id))
-    elif sort != "none":
-        raise ValueError(f"sort must be none, small-first or large-first; got {sort!r}")
+    elif sort not in ("none", "auto"):  # auto is decided by the run (arcsl solve); as listed here
+        raise ValueError(f"sort must be auto, none, small-first or large-first; got {sort!r}")
     return tasks if limit == -1 else tasks[:limit]
 
 

@@ -10,12 +10,13 @@ engine: each task fine-tunes its adapter in turn, then ONE sampling call decodes
 same for many rows as for few, so several tasks' rounds cost little more than one's. A round returns
 what happened (each task's new attempts and `RoundStats`); it decides nothing.
 
-One driver, `run_tasks`, decides everything else: which task starts next and in which adapter, whether a
-task may learn or gets search only (the deadline planner, `arcsl.deadline`), and after each round which
-tasks stop (solved, out of rounds, out of their own time, or out of the time owed to later tasks). It
-yields what happened (`TaskStarted`, `RoundDone`, `TaskDone`, `TaskFailed`, `TasksNotStarted`) and
-writes nothing: `arcsl solve` consumes the events into its results store and submission, and
-`search_and_learn` is the same driver on one task. The only callback, `on_phase`, is for display.
+One driver, `run_tasks`, the body of every worker, decides the rest: it takes tasks from a `TaskSource`
+(the run's scheduler, which says which task comes next and whether it may learn or gets search only, and
+by when a round must end), gives each an adapter, and after each round decides which tasks stop (solved,
+out of rounds, out of their own time, or out of the time owed to later tasks). It yields what happened
+(`TaskStarted`, `RoundDone`, `TaskDone`, `TaskFailed`) and writes nothing: `arcsl solve` consumes the
+events into its results store and submission, and `search_and_learn` is the same driver on one task. The
+only callback, `on_phase`, is for display.
 
 Every round records its phase timings (sampling, execution, relabelling, finetuning, reset, other);
 "other" is whatever the round spent outside those phases: the overhead we keep near zero. A phase
@@ -24,32 +25,32 @@ are split equally among them, so the tasks' timings still add up to the round's 
 only used through its protocol (sample / finetune / reset), so a fake engine drives the same code in
 tests, and the toy domain reuses it unchanged with its own prompt format and DSL.
 
-Each task draws its views and fine-tuning seeds from its own random generator, so they do not depend
-on which tasks share its rounds. Its sampled texts can: the engine takes one seed per call (the first
-task's) and may batch rows of different tasks together.
+Each task draws its views, their sampling seeds and its fine-tuning seeds from its own random generator
+(seeded by the run seed and the task id), and the engine draws each prompt's samples from that prompt's
+seed alone, so a task's attempts do not depend on which tasks share its rounds, on a CPU exactly.
 
-What is not covered: files and the results store (`solve.py`), the deadline arithmetic (`deadline.py`).
+What is not covered: files and the results store (`solve.py`), the queue and the deadline arithmetic
+(`scheduler.py`), processes (`workers.py`).
 """
 
 import hashlib
 import json
 import time
-from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import numpy as np
 
 from arcsl.augment import augment, inverse, random_augmentation, restore_train_order
 from arcsl.config import FinetuneConfig, LoopConfig, RelabelConfig, SamplingConfig
-from arcsl.deadline import DeadlinePlanner
 from arcsl.engine.types import Completion, Engine, Prompt
 from arcsl.grids import Grid, Task
 from arcsl.prompting import PromptFormat
 from arcsl.relabel import relabelled_task, train_fingerprint, training_set
 from arcsl.sandbox import ExecutionResult, Job, SandboxPool
+from arcsl.scheduler import DeadlinePlanner, Scheduler
 from arcsl.scoring import Attempt, TaskScores, fingerprint, score_attempt, score_task
 from arcsl.selection import prediction_grids, select_attempts
 
@@ -197,26 +198,26 @@ def split_by_counts(items: Sequence[T], counts: Sequence[int], what: str) -> lis
 
 @dataclass(frozen=True, slots=True)
 class SearchPlan:
-    """What one task asks of a search: its views, their prompts, and its sampling seed."""
+    """What one task asks of a search: its views, their prompts, and a sampling seed for each."""
     views: list[Task]
     prompts: list[Prompt]          # one per view
-    seed: int
+    seeds: list[int]               # one per view: its samples depend on it alone, not on the tasks beside it
 
 
 def plan_search(run: TaskRun) -> SearchPlan:
-    """Fresh views of the run's task for its current round, drawn from its own generator."""
+    """Fresh views of the run's task for its current round, and their seeds, drawn from its own generator."""
     cfg = run.settings.loop
     num_programs = cfg.initial_programs if run.round == 0 else cfg.programs_per_round
     views = [augment(run.task, random_augmentation(run.task, run.rng, cfg.augment_dihedral, cfg.augment_colors,
                                                    cfg.augment_train_order))
              for _ in range(num_programs // cfg.samples_per_view)]
     prompts = [run.settings.prompt_format.build(v) for v in views]
-    return SearchPlan(views, prompts, int(run.rng.integers(2**31)))
+    return SearchPlan(views, prompts, [int(s) for s in run.rng.integers(2**31, size=len(views))])
 
 
 def search(runs: list[TaskRun], engine: Engine, pool: SandboxPool, timers: list[PhaseTimer]) -> list[list[Attempt]]:
     """Sample programs over fresh views of every run's task, run and score them: one engine call, each
-    prompt through its task's adapter, seeded by the first run; one sandbox batch. Returns each run's attempts."""
+    prompt through its task's adapter and with its view's own seed; one sandbox batch. Returns each run's attempts."""
     settings = runs[0].settings
     assert all(r.settings == settings for r in runs), "tasks searched together must share their settings"
     fmt, per_view = settings.prompt_format, settings.loop.samples_per_view
@@ -225,8 +226,8 @@ def search(runs: list[TaskRun], engine: Engine, pool: SandboxPool, timers: list[
     adapters = [run.adapter for run, plan in zip(runs, plans) for _ in plan.prompts]
     with shared_phase(timers, "sampling"):
         sampling = replace(settings.sampling, num_samples=per_view)
-        completions = engine.sample(prompts, sampling, seed=plans[0].seed, adapters=adapters,
-                                    stop=fmt.stop).completions
+        seeds = [s for plan in plans for s in plan.seeds]
+        completions = engine.sample(prompts, sampling, seed=seeds, adapters=adapters, stop=fmt.stop).completions
     with shared_phase(timers, "execution"):
         assert all(len(cs) == per_view for cs in completions), f"the engine gave other than {per_view} samples a prompt"
         programs = [[fmt.extract(c.text) for c in cs] for cs in completions]  # per prompt, its samples' programs
@@ -388,38 +389,41 @@ class TaskFailed:
     error: Exception
 
 
-@dataclass(frozen=True, slots=True)
-class TasksNotStarted:
-    """The deadline leaves no time for these tasks' searches; they get no attempts."""
-    tasks: list[Task]
+Event = TaskStarted | RoundDone | TaskDone | TaskFailed
 
 
-Event = TaskStarted | RoundDone | TaskDone | TaskFailed | TasksNotStarted
+class TaskSource(Protocol):
+    """Where a worker's driver gets its tasks and deadlines: the run's `scheduler.Scheduler`, in the parent
+    process or through a worker's connection to it."""
+
+    def next_task(self) -> tuple[Task, int] | None:
+        """The next task and its learning rounds, or None when there is none for this worker."""
+
+    def round_deadline(self) -> float | None:
+        """time.monotonic() (of this process) by which the next round of a task in flight must end, or None."""
+
+    def observe(self, stats: "RoundStats") -> None:
+        """A round ended (its time teaches the deadline what a search costs)."""
 
 
-def run_tasks(tasks: Sequence[Task], engine: Engine, pool: SandboxPool, settings: LoopSettings,
-              planner: DeadlinePlanner, tasks_in_flight: int = 1,
-              on_phase: Callable[[PhaseEvent], None] | None = None) -> Iterator[Event]:
-    """Search and learn on `tasks` in order, `tasks_in_flight` at a time in lockstep rounds, each in its own
-    adapter; a task that stops hands its adapter to the next task at once. Yields what happens, in order.
+def run_tasks(source: TaskSource, engine: Engine, pool: SandboxPool, settings: LoopSettings,
+              tasks_in_flight: int = 1, on_phase: Callable[[PhaseEvent], None] | None = None) -> Iterator[Event]:
+    """Search and learn on the tasks `source` hands out, `tasks_in_flight` at a time in lockstep rounds, each in
+    its own adapter; a task that stops hands its adapter to the next task at once. Yields what happens, in
+    order. This is the body of every worker, in the parent process or in its own.
 
-    The caller consumes each event before the next round runs (a `RoundDone` can be stored before the
-    driver decides who stops). An exception in a round fails every task of it (they share its sampling call
-    and sandbox batch); the next tasks go on.
+    The caller consumes each event before the next round runs (a `RoundDone` is stored before the driver
+    asks for the round deadline). An exception in a round fails every task of it (they share its sampling
+    call and sandbox batch); the next tasks go on.
     """
     if engine.num_adapters < tasks_in_flight:
         raise ValueError(f"--tasks-in-flight {tasks_in_flight} needs an engine with one LoRA adapter per task in "
                          f"flight; this one has num_adapters={engine.num_adapters}")
-    queue, runs = deque(tasks), []
+    runs: list[TaskRun] = []
     while True:
-        while queue and len(runs) < tasks_in_flight:  # fill the free adapters
-            if not planner.may_start():
-                yield TasksNotStarted(list(queue))
-                queue.clear()
-                break
-            task = queue.popleft()
+        while len(runs) < tasks_in_flight and (handed := source.next_task()) is not None:  # fill free adapters
+            task, max_rounds = handed
             adapter = min(set(range(tasks_in_flight)) - {r.adapter for r in runs})
-            max_rounds = settings.loop.max_rounds if planner.may_learn(len(queue) + 1) else 0
             runs.append(start_run(task, settings, adapter, max_rounds))
             yield TaskStarted(task, max_rounds)
         if not runs:
@@ -432,9 +436,9 @@ def run_tasks(tasks: Sequence[Task], engine: Engine, pool: SandboxPool, settings
             runs = []
             continue
         for event in done:
-            planner.observe(event.stats)
+            source.observe(event.stats)
             yield event
-        deadline = planner.task_deadline(len(queue) + 1)
+        deadline = source.round_deadline()
         round_s = sum(sum(e.stats.seconds.values()) for e in done)
         for r in runs:
             r.reason = stop_reason(r, deadline, round_s)
@@ -452,7 +456,8 @@ def search_and_learn(task: Task, engine: Engine, pool: SandboxPool, settings: Lo
                      on_phase: Callable[[PhaseEvent], None] | None = None) -> TaskResult:
     """Solve one task by rounds of search and hindsight learning in the engine's adapter 0 (reset before it
     starts), with no deadline: `run_tasks` on one task."""
-    for event in run_tasks([task], engine, pool, settings, DeadlinePlanner(-1, 0), 1, on_phase):
+    source = Scheduler([task], DeadlinePlanner(-1, 0), settings.loop.max_rounds)
+    for event in run_tasks(source, engine, pool, settings, 1, on_phase):
         if isinstance(event, TaskFailed):
             raise event.error
         if isinstance(event, TaskDone):

@@ -196,7 +196,7 @@ class SandboxPool:
         if dsl_path is not None and not Path(dsl_path).is_file():
             raise ValueError(f"dsl_path must be a file (or None for no DSL), got {str(dsl_path)!r}")
         self.cfg = cfg
-        self.num_workers = cfg.num_workers or len(os.sched_getaffinity(0))
+        self.num_workers = cfg.sandbox_workers or len(os.sched_getaffinity(0))
         self._budget_s = cfg.timeout_s * (2 if cfg.check_determinism else 1)
         self._scratch = tempfile.mkdtemp(prefix="arcsl-sandbox-")
         self._settings = json.dumps({

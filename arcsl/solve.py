@@ -1,48 +1,53 @@
-"""`arcsl solve`: search and learn over a dataset, with a results store, deadlines, resume and reports.
+"""`arcsl solve`: search and learn over a dataset, with workers, a results store, deadlines, resume and reports.
 
-The run driver (`loop.run_tasks`) decides which task runs when and which stops; this module consumes
-what it reports and owns every file: each round's attempts and phase timings go to the results store
-as the round ends, and `submission.json` is rewritten after every task, so that killing the run at any
-moment loses at most the round in flight and always leaves a valid submission. Tasks already finished
-in the store are skipped with `--resume`; an unfinished one starts over.
+This module is the parent of a run. It plans the workers (`workers.py`: one in this process, or one
+process per GPU, or Ray actors), hands them tasks through the scheduler (`scheduler.py`: one queue in the
+run's order, the deadline), and records what they report, owning every file: each round's attempts and
+phase timings go to the results store as the round ends, and `submission.json` is rewritten after every
+task, so that killing the run at any moment loses at most the rounds in flight and always leaves a valid
+submission. Tasks already finished in the store are skipped with `--resume`; an unfinished one starts
+over. Ctrl-C and SIGTERM stop every worker and leave the store consistent.
 
-At start it prints a few lines: the tasks, the model and its device, the output folder and where the
-resolved config was written. Progress is one line (it fits 80 columns): tasks done of all, time left,
-tasks in flight and solved, and the round and phase in progress; a line per finished task is printed
-above it.
+At start it prints a few lines: the tasks, the model and where it runs, the budget per task, the output
+folder and where the resolved config was written (`--tasks-in-flight auto` and `--sort auto` resolved).
+Progress is one line (it fits 80 columns): tasks done of all, time left, tasks in flight and solved, and
+the round and phase in progress; a line per finished task is printed above it.
 
 Deadline (`--deadline-s`, e.g. 12 h on Kaggle, less `--deadline-margin-s` kept for the final exports):
-the rule is `arcsl.deadline`'s; the tasks never reached get the fallback answers of `selection.py` in
-`submission.json`.
+the rule is `scheduler.DeadlinePlanner`'s; the tasks never reached get the fallback answers of
+`selection.py` in `submission.json`.
 
-Tasks in flight (`--tasks-in-flight K`, K > 1): K tasks are searched together in lockstep rounds, each
-learning in its own LoRA adapter of the engine (loaded with K adapters), so that each round's sampling
-for all of them is one engine call; a task that stops hands its adapter to the next task at once. Each
-task's attempts, rounds, timings and answers are stored as with K = 1.
+A task that fails (an exception from the engine or the sandbox, or two workers dying with it) is finished
+with the answers its stored attempts give, and the run goes on; one that failed before storing any
+attempt stays unfinished: it has the fallback answers, and `--resume` tries it again. With tasks in
+flight, an exception in a round fails every task of that round (they share its sampling call and its
+sandbox batch).
 
-A task that fails (an exception from the engine or the sandbox) is finished with the answers its
-stored attempts give, and the run goes on; one that failed before storing any attempt stays
-unfinished: it has the fallback answers, and `--resume` tries it again. With K > 1 an exception in
-a round fails every task of that round (they share its sampling call and its sandbox batch).
-
-What is not covered: multi-GPU sharding (one process, one engine), the algorithm itself (`loop.py`).
+What is not covered: the algorithm itself (`loop.py`), how workers run (`workers.py`).
 """
 
+import functools
 import json
+import os
+import signal
 import sys
+import threading
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from arcsl.config import DataConfig, ModelConfig, SolveConfig
-from arcsl.deadline import DeadlinePlanner
+from arcsl.config import DataConfig, SolveConfig
+from arcsl.engine.planner import CPU_ROW_CAP, GPU_PREFERRED_ROWS
 from arcsl.grids import Task, load_dataset
-from arcsl.loop import (LoopSettings, PhaseEvent, RoundDone, TaskDone, TaskFailed, TaskResult, TasksNotStarted,
-                        TaskStarted, conclude, run_tasks)
+from arcsl.loop import (LoopSettings, PhaseEvent, RoundDone, TaskDone, TaskFailed, TaskResult, TaskStarted,
+                        conclude, run_tasks)
 from arcsl.prompting import PromptFormat
+from arcsl.scheduler import DeadlinePlanner, Scheduler
 from arcsl.scoring import metrics_rows
 from arcsl.store import Store, export_attempts_jsonl, export_metrics_csv, open_store
 from arcsl.submission import build_submission, write_submission
+from arcsl.workers import (Processes, Workers, WorkerLost, WorkerSpec, auto_tasks_in_flight, engine_config, plan_workers,
+                           visible_gpus)
 
 SUBMISSION = "submission.json"
 STORE = "results.sqlite"
@@ -109,11 +114,6 @@ def _write_outputs(out: Path, tasks: list[Task], store: Store) -> None:
     write_submission(out / SUBMISSION, build_submission(tasks, store.predictions()))
 
 
-def engine_config(cfg: SolveConfig) -> ModelConfig:
-    """The model settings to load for `cfg`: at least one LoRA adapter per task in flight."""
-    return replace(cfg.model, num_adapters=max(cfg.model.num_adapters, cfg.run.tasks_in_flight))
-
-
 def solve(cfg: SolveConfig, prompt_format: PromptFormat, engine=None) -> RunSummary:
     """Run search and learn on every selected task; see the module docstring.
 
@@ -122,31 +122,68 @@ def solve(cfg: SolveConfig, prompt_format: PromptFormat, engine=None) -> RunSumm
         engine: an `Engine` to use instead of loading `cfg.model` (tests, other engine implementations);
             with tasks_in_flight > 1 it must hold that many adapters.
     """
-    from arcsl.report import print_summary, write_report
-    from arcsl.sandbox import SandboxPool
-
     if prompt_format.name != cfg.loop.prompt_format:
         raise ValueError(f"the prompt format given ({prompt_format.name!r}) is not the one the config names "
                          f"({cfg.loop.prompt_format!r})")
     started = time.monotonic()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if threading.current_thread() is threading.main_thread() \
+        else None
+    try:
+        return _solve(cfg, prompt_format, engine, started)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Stopped(KeyboardInterrupt):
+    """The run was told to stop by a signal (SIGTERM); it unwinds as Ctrl-C does."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
+def _interrupt(signum, frame) -> None:
+    """SIGTERM stops a run as Ctrl-C does: workers stopped, the store closed, the submission valid."""
+    raise Stopped(signum)
+
+
+def _solve(cfg: SolveConfig, prompt_format: PromptFormat, engine, started: float) -> RunSummary:
+    from arcsl.report import print_summary, write_report
+    from arcsl.sandbox import SandboxPool
+
+    specs = _plan_workers(cfg, engine)
+    if cfg.data.sort == "auto":  # one queue for several workers: the largest tasks first, so none is left for last
+        cfg = replace(cfg, data=replace(cfg.data, sort="large-first" if len(specs) > 1 else "none"))
     out = Path(cfg.run.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     tasks = _load_tasks(cfg.data)
+    if cfg.run.tasks_in_flight == 0:  # auto: the figure chosen is recorded in config.json and printed below
+        cfg = replace(cfg, run=replace(cfg.run, tasks_in_flight=_auto_tasks_in_flight(cfg, len(tasks), specs, engine)))
     (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    _print_start(cfg, len(tasks), out, engine)
+    _print_start(cfg, len(tasks), out, engine, specs)
     wandb_run = _start_wandb(cfg, out) if cfg.run.wandb else None
     with open_store(out / STORE, resume=cfg.run.resume, config=asdict(cfg)) as store:
         done = store.finished_task_ids() & {t.id for t in tasks}
         _write_outputs(out, tasks, store)  # a valid submission exists from the first second
-        engine = engine or _load_engine(cfg)
-        settings = LoopSettings(cfg.loop, cfg.relabel, cfg.sampling, cfg.finetune, prompt_format, cfg.model.model)
         todo = [t for t in tasks if t.id not in done]
-        planner = DeadlinePlanner(cfg.run.deadline_s, cfg.run.deadline_margin_s, cfg.run.tasks_in_flight)
+        planner = DeadlinePlanner(cfg.run.deadline_s, cfg.run.deadline_margin_s, cfg.run.tasks_in_flight,
+                                  len(specs))
+        scheduler = Scheduler(todo, planner, cfg.loop.max_rounds)
         progress = Progress(len(todo), cfg.run.progress)
-        with SandboxPool(cfg.sandbox, dsl_path=prompt_format.dsl_path) as pool:
-            events = run_tasks(todo, engine, pool, settings, planner, cfg.run.tasks_in_flight, progress.on_phase)
-            num_finished = _record(events, out, tasks, store, progress, wandb_run)
+        if len(specs) == 1 and not cfg.run.ray_address:  # one worker, in this process: the driver's events as they come
+            engine = engine or _load_engine(cfg)
+            settings = LoopSettings(cfg.loop, cfg.relabel, cfg.sampling, cfg.finetune, prompt_format,
+                                    cfg.model.model)
+            with SandboxPool(cfg.sandbox, dsl_path=prompt_format.dsl_path) as pool:
+                events = run_tasks(scheduler, engine, pool, settings, cfg.run.tasks_in_flight, progress.on_phase)
+                num_finished = _record(events, out, tasks, store, progress, wandb_run)
+        else:
+            workers = Workers(specs, cfg, prompt_format, scheduler, progress.on_phase, _launcher(cfg))
+            num_finished = _record(workers.events(), out, tasks, store, progress, wandb_run)
         progress.close()
+        if scheduler.not_started:
+            print(f"deadline: {len(scheduler.not_started)} tasks not started get fallback answers", file=sys.stderr)
         export_metrics_csv(store, out / "metrics.csv")
         export_attempts_jsonl(store, out / "attempts.jsonl")
         task_ids = {t.id for t in tasks}
@@ -161,13 +198,13 @@ def solve(cfg: SolveConfig, prompt_format: PromptFormat, engine=None) -> RunSumm
 
 
 def _record(events, out: Path, tasks: list[Task], store: Store, progress: Progress, wandb_run) -> int:
-    """Writes what the driver reports: attempts and timings as each round ends, answers and the submission
+    """Writes what the workers report: attempts and timings as each round ends, answers and the submission
     as each task ends. Returns the number of tasks finished."""
     num_finished = 0
     index = {t.id: i for i, t in enumerate(tasks)}
     for event in events:
         if isinstance(event, TaskStarted):
-            store.start_task(event.task.id)
+            store.start_task(event.task.id)  # a task put back after its worker died starts over
             progress.started(event.task.id)
         elif isinstance(event, RoundDone):
             store.add_attempts(event.attempts)
@@ -186,14 +223,61 @@ def _record(events, out: Path, tasks: list[Task], store: Store, progress: Progre
         elif isinstance(event, TaskFailed):
             _fail_task(event.task, store, event.error, progress)
             _write_outputs(out, tasks, store)
-        elif isinstance(event, TasksNotStarted):
-            print(f"deadline: {len(event.tasks)} tasks not started get fallback answers", file=sys.stderr)
+        elif isinstance(event, WorkerLost):
+            print(f"worker {event.index} died (exit code {event.exit_code}) with tasks "
+                  f"{', '.join(event.put_back + event.failed) or 'none'} in flight: "
+                  f"{len(event.put_back)} go back to the queue, {len(event.failed)} failed (a second death); "
+                  + ("a new worker takes its place" if event.is_replaced else "no work left for a new one"),
+                  file=sys.stderr)
     return num_finished
 
 
-def _print_start(cfg: SolveConfig, num_tasks: int, out: Path, engine) -> None:
+def _plan_workers(cfg: SolveConfig, engine) -> list[WorkerSpec]:
+    """The workers of this run: one in this process with an engine passed in, else one per GPU (or --workers),
+    of this machine or of the Ray cluster."""
+    if engine is not None:
+        if cfg.run.workers > 1 or cfg.run.ray_address:
+            raise ValueError("--workers / --ray-address: an engine passed in serves one worker, in this process")
+        return plan_workers(1, 0, 1, cfg.sandbox.sandbox_workers)
+    if cfg.run.ray_address:
+        gpus, cpus = _ray_launcher(cfg.run.ray_address).cluster()
+        return plan_workers(cfg.run.workers, gpus, cpus, cfg.sandbox.sandbox_workers, assigned_gpus=True)
+    return plan_workers(cfg.run.workers, visible_gpus(cfg.model.device), len(os.sched_getaffinity(0)),
+                        cfg.sandbox.sandbox_workers)
+
+
+def _launcher(cfg: SolveConfig):
+    return _ray_launcher(cfg.run.ray_address) if cfg.run.ray_address else Processes()
+
+
+@functools.cache
+def _ray_launcher(address: str):
+    """Connects to the cluster once per run (the workers are planned from its size, then started on it)."""
+    try:
+        from arcsl.ray_actors import RayActors
+    except ImportError:
+        raise ValueError("--ray-address needs Ray: pip install 'arcsl[ray]'") from None
+    return RayActors(address)
+
+
+def _auto_tasks_in_flight(cfg: SolveConfig, num_tasks: int, specs: list[WorkerSpec], engine) -> int:
+    if engine is not None:  # an engine passed in holds what it holds
+        return min(engine.num_adapters, auto_tasks_in_flight(cfg.loop.programs_per_round, CPU_ROW_CAP, num_tasks, 1))
+    on_gpu = specs[0].device.startswith("cuda")
+    rows = GPU_PREFERRED_ROWS if on_gpu else CPU_ROW_CAP
+    return auto_tasks_in_flight(cfg.loop.programs_per_round, rows, num_tasks, len(specs))
+
+
+def _print_start(cfg: SolveConfig, num_tasks: int, out: Path, engine, specs: list[WorkerSpec]) -> None:
     in_flight = f", {cfg.run.tasks_in_flight} in flight" if cfg.run.tasks_in_flight > 1 else ""
-    where = f"on {_device(cfg)}" if engine is None else "(engine passed in)"
+    if engine is not None:
+        where = "(engine passed in)"
+    elif len(specs) > 1:
+        where = (f"in {len(specs)} workers" + (", one GPU each" if specs[0].device.startswith("cuda") else " on the CPU")
+                 + f", {specs[0].sandbox_workers} sandbox processes each"
+                 + (f", Ray cluster {cfg.run.ray_address}" if cfg.run.ray_address else ""))
+    else:
+        where = f"on {_device(cfg)}"
     loop = cfg.loop
     rounds = (f"then up to {loop.max_rounds} rounds of fine-tuning and {loop.programs_per_round} more"
               if loop.max_rounds else "search only")

@@ -32,7 +32,7 @@ from benchlib import (build_model, code_tokenizer, error_text, finish, header, p
 
 from arcsl.config import FinetuneConfig, ModelConfig, SamplingConfig
 from arcsl.engine.hf import HFEngine
-from arcsl.engine.sampler import pick_tokens
+from arcsl.engine.sampler import PromptNoise, pick_tokens
 
 NUM_ADAPTERS = 5  # the most adapters the adapters section mixes
 LORA = ModelConfig(model="random-llama", lora_rank=32, lora_alpha=32, num_adapters=NUM_ADAPTERS)
@@ -153,11 +153,11 @@ def bench_step_parts(engine: HFEngine, vocab: int) -> dict:
     decoder = next(d for key, d in engine.decoders.kept.items() if key[:2] == (1, 128))
     tokens = torch.zeros(128, dtype=torch.long, device=engine.device)
     logits = torch.randn(128, vocab, device=engine.device) * 3
-    gen = torch.Generator(engine.device).manual_seed(0)
+    noise = PromptNoise([torch.Generator(engine.device).manual_seed(0)], 128)  # 1 prompt x 128, as in a run
     weight_bytes = sum(p.numel() * p.element_size() for p in engine.lm.parameters() if not p.requires_grad)
     return {"graph_ms": cuda_ms(lambda: decoder.step(tokens, 200)),
-            "pick_top_p_0.95_ms": cuda_ms(lambda: pick_tokens(logits, 1.0, 0.95, gen)),
-            "pick_top_p_1_ms": cuda_ms(lambda: pick_tokens(logits, 1.0, 1.0, gen)),
+            "pick_top_p_0.95_ms": cuda_ms(lambda: pick_tokens(logits, 1.0, 0.95, noise)),
+            "pick_top_p_1_ms": cuda_ms(lambda: pick_tokens(logits, 1.0, 1.0, noise)),
             "weights_gb": round(weight_bytes / 1e9, 2),
             "weight_read_ms_at_3.0_tb_s": round(weight_bytes / 3.0e12 * 1000, 2)}
 

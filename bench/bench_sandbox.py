@@ -198,7 +198,7 @@ def main() -> None:
 
     # --- overhead: the same programs in this process and in a pool of one worker, rounds
     # interleaved so that both see the same load from whatever else runs on the machine
-    with SandboxPool(SandboxConfig(num_workers=1, timeout_s=args.timeout_s)) as pool:
+    with SandboxPool(SandboxConfig(sandbox_workers=1, timeout_s=args.timeout_s)) as pool:
         run_in_process(warm_up, inputs)  # imports, the DSL, scipy
         run_pool(pool, warm_up, inputs)
         rounds = [(run_in_process(trivial, inputs), run_pool(pool, trivial, inputs),
@@ -224,7 +224,7 @@ def main() -> None:
 
     def start_one_worker() -> tuple[float, dict]:
         started = time.perf_counter()
-        SandboxPool(SandboxConfig(num_workers=1)).close()
+        SandboxPool(SandboxConfig(sandbox_workers=1)).close()
         return time.perf_counter() - started, {}
 
     startup, _ = best_of(args.rounds, start_one_worker)  # what replacing a killed worker costs

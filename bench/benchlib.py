@@ -207,7 +207,7 @@ class ProgramEngine:
 
     def sample(self, prompts, cfg, seed: int = 0, adapters=None, stop=None) -> SampleResult:
         result = self.engine.sample(prompts, cfg, seed, adapters, stop)
-        rng = random.Random(seed)
+        rng = random.Random(repr(seed))  # one int or one per prompt
         completions = [[Completion(program_completion(rng.choice(self.pool)), c.num_tokens, c.finish_reason)
                         for c in cs] for cs in result.completions]
         self.sample_stats.append(result.stats)

@@ -37,7 +37,8 @@ class FakeClock:
 
 @dataclass
 class ScriptedEngine:
-    """Answers each prompt with its script, chosen by the number of train examples the prompt shows.
+    """Answers each prompt with its script, chosen by the number of train examples the prompt shows, starting at
+    the prompt's seed (as a real engine, a prompt's samples depend on its own seed alone).
 
     With a `clock`, each sample() call takes `sample_s` and each finetune() call `finetune_s` of its time.
     `failures` maps (method, call index) to an exception that call raises, e.g. {("finetune", 1): KeyboardInterrupt()}.
@@ -67,11 +68,13 @@ class ScriptedEngine:
         self.prompts += prompts
         if self.clock is not None:
             self.clock.advance(self.sample_s)
+        seeds = seed if isinstance(seed, list) else [seed + i for i in range(len(prompts))]
         out = []
-        for p in prompts:
+        for p, prompt_seed in zip(prompts, seeds, strict=True):
             text = p.messages[-1]["content"] if isinstance(p, ChatPrompt) else p
             script = self.scripts[text.count("\nExample ")]
-            out.append([Completion(script[(seed + i) % len(script)], 10, "stop") for i in range(cfg.num_samples)])
+            out.append([Completion(script[(prompt_seed + i) % len(script)], 10, "stop")
+                        for i in range(cfg.num_samples)])
         stats = SampleStats(num_prompts=len(prompts), num_samples=len(prompts) * cfg.num_samples, num_batches=1,
                             num_oom_retries=0, num_prompt_tokens=0, num_output_tokens=0, prefill_s=0.0, decode_s=0.0,
                             total_s=0.0, output_tokens_per_s=0.0, peak_memory_gb=0.0)

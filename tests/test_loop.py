@@ -6,16 +6,16 @@ import dataclasses
 import numpy as np
 import pytest
 
-import arcsl.deadline
 import arcsl.loop
+import arcsl.scheduler
 from arcsl.catalog import prompt_format
 from arcsl.config import FinetuneConfig, LoopConfig, RelabelConfig, SamplingConfig, SandboxConfig
-from arcsl.deadline import DeadlinePlanner
 from arcsl.engine.types import ChatPrompt
 from arcsl.grids import load_tasks, select_tasks
 from arcsl.loop import (LoopSettings, RoundDone, TaskDone, TaskFailed, TaskStarted, run_tasks, search_and_learn,
                         split_by_counts)
 from arcsl.sandbox import SandboxPool
+from arcsl.scheduler import DeadlinePlanner, Scheduler
 from fakes import CRASH, IDENTITY, NO_CODE, ROTATE_180, ROTATE_180_LONG, SCALE_2, FakeClock, ScriptedEngine
 
 TASK_IDS = ["c59eb873", "3c9b0459"]  # scale x2 (3 train pairs), rotate 180 (4 train pairs): both dihedral-equivariant
@@ -28,7 +28,7 @@ def tasks():
 
 @pytest.fixture(scope="module")
 def pool():
-    with SandboxPool(SandboxConfig(num_workers=2, timeout_s=2.0)) as p:
+    with SandboxPool(SandboxConfig(sandbox_workers=2, timeout_s=2.0)) as p:
         yield p
 
 
@@ -37,8 +37,14 @@ def clock(monkeypatch) -> FakeClock:
     """The clock of the loop and the deadline planner, made fake: time passes only while the scripted engine works."""
     fake = FakeClock()
     monkeypatch.setattr(arcsl.loop, "time", fake)
-    monkeypatch.setattr(arcsl.deadline, "time", fake)
+    monkeypatch.setattr(arcsl.scheduler, "time", fake)
     return fake
+
+
+def drive(tasks: list, engine, pool, settings: LoopSettings, planner: DeadlinePlanner | None = None, **kwargs) -> list:
+    """Every event of the driver on `tasks`, handed out by a scheduler in this process."""
+    scheduler = Scheduler(tasks, planner or DeadlinePlanner(-1, 0), settings.loop.max_rounds)
+    return list(run_tasks(scheduler, engine, pool, settings, **kwargs))
 
 
 def settings(relabel: RelabelConfig | None = None, **loop) -> LoopSettings:
@@ -89,7 +95,7 @@ def test_toy_programs_are_pruned_before_training_unless_prune_programs_is_off(ta
     twice = HEADER + "    g = pixel(g, 0, 0, 5)\n" * 2 + FOOTER
     for prune, lines in ((True, 1), (False, 2)):
         engine = ScriptedEngine({0: [twice]})
-        with SandboxPool(SandboxConfig(num_workers=1), dsl_path=prompt_format("toy").dsl_path) as toy_pool:
+        with SandboxPool(SandboxConfig(sandbox_workers=1), dsl_path=prompt_format("toy").dsl_path) as toy_pool:
             search_and_learn(tasks["c59eb873"], engine, toy_pool, settings(
                 max_rounds=1, prompt_format="toy", augment_dihedral=False, augment_colors="none",
                 augment_train_order=False, relabel=RelabelConfig(prune_programs=prune)))
@@ -120,9 +126,9 @@ def test_phase_timings_cover_the_round(tasks, pool):
 
 def test_on_phase_hears_each_phase_as_it_starts_with_the_round_and_the_best_score_so_far(tasks, pool):
     events, ended = [], []
-    for event in run_tasks([tasks["c59eb873"]], ScriptedEngine({3: [SCALE_2, IDENTITY]}), pool,
-                           settings(max_rounds=2, relabel=RelabelConfig(skip_trained=False)), DeadlinePlanner(-1, 0),
-                           on_phase=events.append):
+    for event in run_tasks(Scheduler([tasks["c59eb873"]], DeadlinePlanner(-1, 0), 2),
+                           ScriptedEngine({3: [SCALE_2, IDENTITY]}), pool,
+                           settings(max_rounds=2, relabel=RelabelConfig(skip_trained=False)), on_phase=events.append):
         if isinstance(event, RoundDone):
             ended.append((event.stats.round, len(events)))
     learning = ["relabelling", "finetuning", "sampling", "execution"]
@@ -183,7 +189,7 @@ def test_task_time_s_starts_no_round_once_the_task_budget_is_spent(tasks, pool, 
 def test_the_deadline_starts_no_round_that_would_end_after_it(tasks, pool, clock):
     engine = ScriptedEngine({3: [IDENTITY]}, clock=clock, sample_s=100.0)
     planner = DeadlinePlanner(250.0, 0.0)
-    [result] = [e.result for e in run_tasks([tasks["c59eb873"]], engine, pool, settings(max_rounds=3), planner)
+    [result] = [e.result for e in drive([tasks["c59eb873"]], engine, pool, settings(max_rounds=3), planner)
                 if isinstance(e, TaskDone)]
     # round 0 ends at 100 s and round 1 at 200 s; round 2 would end at 300 s, after the deadline
     assert len(result.rounds) == 2 and result.stop_reason == "deadline" and clock.now <= planner.deadline
@@ -255,8 +261,8 @@ def test_an_unknown_prompt_format_is_refused_naming_the_flag_and_the_choices():
 
 def test_the_driver_reports_each_task_start_round_and_end_in_order(tasks, pool):
     engine = ScriptedEngine({3: [SCALE_2], 4: [IDENTITY]}, num_adapters=2)
-    events = list(run_tasks([tasks["c59eb873"], tasks["3c9b0459"]], engine, pool, settings(max_rounds=1, stop="one-solution"),
-                            DeadlinePlanner(-1, 0), tasks_in_flight=2))
+    events = drive([tasks["c59eb873"], tasks["3c9b0459"]], engine, pool, settings(max_rounds=1, stop="one-solution"),
+                   tasks_in_flight=2)
     kinds = [(type(e).__name__, e.task.id) for e in events]
     assert kinds == [("TaskStarted", "c59eb873"), ("TaskStarted", "3c9b0459"),
                      ("RoundDone", "c59eb873"), ("RoundDone", "3c9b0459"), ("TaskDone", "c59eb873"),  # solved
@@ -267,8 +273,7 @@ def test_the_driver_reports_each_task_start_round_and_end_in_order(tasks, pool):
 
 def test_a_round_that_raises_fails_its_tasks_and_the_driver_goes_on(tasks, pool):
     engine = ScriptedEngine({3: [SCALE_2], 4: [IDENTITY]}, failures={("sample", 0): RuntimeError("GPU fell off")})
-    events = list(run_tasks([tasks["c59eb873"], tasks["3c9b0459"]], engine, pool, settings(max_rounds=0),
-                            DeadlinePlanner(-1, 0)))
+    events = drive([tasks["c59eb873"], tasks["3c9b0459"]], engine, pool, settings(max_rounds=0))
     failed = [e for e in events if isinstance(e, TaskFailed)]
     assert [(e.task.id, str(e.error)) for e in failed] == [("c59eb873", "GPU fell off")]
     assert [e.result.task_id for e in events if isinstance(e, TaskDone)] == ["3c9b0459"]
@@ -276,8 +281,7 @@ def test_a_round_that_raises_fails_its_tasks_and_the_driver_goes_on(tasks, pool)
 
 def test_the_driver_refuses_more_tasks_in_flight_than_adapters(tasks, pool):
     with pytest.raises(ValueError, match="--tasks-in-flight 3 .* num_adapters=2"):
-        list(run_tasks([tasks["c59eb873"]], ScriptedEngine({3: [SCALE_2]}, num_adapters=2), pool, settings(),
-                       DeadlinePlanner(-1, 0), tasks_in_flight=3))
+        drive([tasks["c59eb873"]], ScriptedEngine({3: [SCALE_2]}, num_adapters=2), pool, settings(), tasks_in_flight=3)
 
 
 def test_tasks_searched_together_must_share_their_settings(tasks, pool):

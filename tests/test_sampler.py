@@ -4,8 +4,8 @@ import torch
 from tiny_lm import COMPLETION, OTHER_PROMPT, PROMPT, one_thread, tiny_engine, tokenizer  # noqa: F401 (fixtures)
 
 from arcsl.config import FinetuneConfig, SamplingConfig
-from arcsl.engine.sampler import (CHECK_EVERY, EAGER_OPS, CacheDecoder, SharedPrefixDecoder, compiled_ops,
-                                  generate, pick_tokens)
+from arcsl.engine.sampler import (CHECK_EVERY, EAGER_OPS, CacheDecoder, PromptNoise, SharedPrefixDecoder,
+                                  compiled_ops, generate, pick_tokens)
 from arcsl.prompting import code_end
 
 
@@ -39,7 +39,7 @@ def test_seeded_sampling_is_reproducible_and_matches_the_per_sample_cache(tokeni
             decoder = SharedPrefixDecoder(engine.weights, 1, 6, 29, False)
             decoder.load([prompt])
         cfg = SamplingConfig(max_new_tokens=30, temperature=1.0, top_p=0.9)
-        rows = generate(decoder, decoder.prefill(), cfg, [], torch.Generator().manual_seed(seed), None)
+        rows = generate(decoder, decoder.prefill(), cfg, [], PromptNoise([torch.Generator().manual_seed(seed)], 6), None)
         return [r.tokens[:r.end] for r in rows]
 
     shared = run(SharedPrefixDecoder, 7)
@@ -49,16 +49,28 @@ def test_seeded_sampling_is_reproducible_and_matches_the_per_sample_cache(tokeni
     assert len({tuple(t) for t in shared}) > 1  # the samples of one prompt differ from each other
 
 
+def test_a_prompts_samples_depend_on_its_seed_not_on_the_prompts_beside_it(tokenizer):
+    engine = tiny_engine(tokenizer)
+    cfg = SamplingConfig(num_samples=3, max_new_tokens=20, temperature=1.0)
+
+    def texts(prompts, seeds):
+        return [[c.text for c in cs] for cs in engine.sample(prompts, cfg, seed=seeds).completions]
+
+    [alone] = texts([PROMPT], [5])
+    assert texts([OTHER_PROMPT, PROMPT, OTHER_PROMPT], [1, 5, 2])[1] == alone  # other neighbours, other places
+    assert texts([PROMPT, PROMPT], [5, 6])[0] == alone and texts([PROMPT], [6])[0] != alone
+
+
 def test_sampled_frequencies_follow_the_softmax():
     logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -3.0])
-    picked = pick_tokens(logits.expand(20000, -1), 0.7, 1.0, torch.Generator().manual_seed(0))
+    picked = pick_tokens(logits.expand(20000, -1), 0.7, 1.0, PromptNoise([torch.Generator().manual_seed(0)], 20000))
     freq = torch.bincount(picked, minlength=6).float() / 20000
     assert 0.5 * (freq - torch.softmax(logits / 0.7, dim=0)).abs().sum() < 0.015  # total variation distance
 
 
 def test_top_p_samples_only_from_the_nucleus():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).expand(2000, -1)
-    picked = pick_tokens(logits, 1.0, 0.7, torch.Generator().manual_seed(0))
+    picked = pick_tokens(logits, 1.0, 0.7, PromptNoise([torch.Generator().manual_seed(0)], 2000))
     assert set(picked.tolist()) == {0, 1}  # 0.5 + 0.3 covers 0.7
     assert 0.55 < (picked == 0).float().mean() < 0.70  # renormalised: 0.5 / 0.8
 
@@ -70,6 +82,8 @@ def test_greedy_picks_the_argmax():
 
 class ScriptedDecoder:
     """Logits that force each row's scripted tokens (then token 0), to test the loop's stop rules."""
+
+    can_narrow = False
 
     def __init__(self, rows: list[list[int]], vocab_size: int):
         self.rows, self.vocab_size, self.num_rows, self.num_steps = rows, vocab_size, len(rows), 0

@@ -84,14 +84,14 @@ def assert_nothing_left(scratch: str) -> None:
 
 @pytest.fixture(scope="module")
 def pool():
-    with SandboxPool(SandboxConfig(num_workers=2, timeout_s=TIMEOUT_S, memory_mb=1024), dsl_path=DSL) as pool:
+    with SandboxPool(SandboxConfig(sandbox_workers=2, timeout_s=TIMEOUT_S, memory_mb=1024), dsl_path=DSL) as pool:
         yield pool
     assert_nothing_left(pool.scratch_dir)
 
 
 @pytest.fixture(scope="module")
 def strict_pool():
-    cfg = SandboxConfig(num_workers=1, timeout_s=TIMEOUT_S, memory_mb=1024, max_side=5, check_determinism=True)
+    cfg = SandboxConfig(sandbox_workers=1, timeout_s=TIMEOUT_S, memory_mb=1024, max_side=5, check_determinism=True)
     with SandboxPool(cfg, dsl_path=DSL) as pool:
         yield pool
 
@@ -268,7 +268,7 @@ def test_a_dsl_is_importable_by_its_file_name_and_fresh_in_every_job(tmp_path):
     dsl = tmp_path / "draw.py"
     dsl.write_text("import numpy as np\nPALETTE = [1, 2, 3]\ndef fill(g, c):\n    return np.full_like(g, c)\n")
     source = "from draw import *\n" + program("c = PALETTE.pop()\nreturn fill(input_grid, c)", escape=False)
-    with SandboxPool(SandboxConfig(num_workers=1), dsl_path=dsl) as pool:
+    with SandboxPool(SandboxConfig(sandbox_workers=1), dsl_path=dsl) as pool:
         results = pool.run([Job(source, [GRID])] * 3)
         assert run_one(pool, "from common import *\n" + IDENTITY).error is ErrorKind.EXCEPTION
     assert [r.outputs[0].max() for r in results] == [3, 3, 3]  # pop() never sees an earlier job's pop
@@ -276,11 +276,11 @@ def test_a_dsl_is_importable_by_its_file_name_and_fresh_in_every_job(tmp_path):
 
 def test_a_missing_dsl_file_is_a_value_error():
     with pytest.raises(ValueError, match="dsl_path"):
-        SandboxPool(SandboxConfig(num_workers=1), dsl_path="/nonexistent/common.py")
+        SandboxPool(SandboxConfig(sandbox_workers=1), dsl_path="/nonexistent/common.py")
 
 
 def test_run_after_close_is_an_error():
-    pool = SandboxPool(SandboxConfig(num_workers=1), dsl_path=None)
+    pool = SandboxPool(SandboxConfig(sandbox_workers=1), dsl_path=None)
     pool.close()
     pool.close()  # idempotent
     with pytest.raises(RuntimeError, match="after close"):
@@ -608,7 +608,7 @@ def transform(input_grid):
 
 
 def test_without_the_filter_forked_processes_still_die_with_their_worker():
-    cfg = SandboxConfig(num_workers=1, timeout_s=TIMEOUT_S, memory_mb=1024)
+    cfg = SandboxConfig(sandbox_workers=1, timeout_s=TIMEOUT_S, memory_mb=1024)
     with SandboxPool(cfg, dsl_path=None, filter_syscalls=False) as pool:
         assert not pool.is_syscall_filtered
         left_behind = program("if os.fork() == 0:\n    while True:\n        time.sleep(1)\nreturn input_grid")
@@ -626,7 +626,7 @@ def test_without_the_filter_forked_processes_still_die_with_their_worker():
 
 
 def test_close_leaves_no_process_and_no_scratch_directory():
-    pool = SandboxPool(SandboxConfig(num_workers=2, timeout_s=TIMEOUT_S), dsl_path=None)
+    pool = SandboxPool(SandboxConfig(sandbox_workers=2, timeout_s=TIMEOUT_S), dsl_path=None)
     scratch = pool.scratch_dir
     assert len(processes_in(scratch)) == 2
     pool.run([Job(program("while True:\n    pass", escape=False), [GRID])])
@@ -640,7 +640,7 @@ def test_the_memory_cap_holds_when_the_parent_maps_tens_of_gigabytes():
     # a fork-based pool would inherit it, and an RLIMIT_AS set before exec would be exceeded at once.
     huge = mmap.mmap(-1, 32 << 30, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, prot=mmap.PROT_READ)
     try:
-        with SandboxPool(SandboxConfig(num_workers=1, timeout_s=5.0, memory_mb=1024), dsl_path=None) as pool:
+        with SandboxPool(SandboxConfig(sandbox_workers=1, timeout_s=5.0, memory_mb=1024), dsl_path=None) as pool:
             fits = run_one(pool, program("x = np.ones(512 * 2**20, dtype=np.uint8)\nreturn input_grid"))
             too_big = run_one(pool, program("x = np.ones(1536 * 2**20, dtype=np.uint8)\nreturn input_grid"))
     finally:

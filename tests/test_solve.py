@@ -11,19 +11,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import arcsl.deadline
 import arcsl.loop
+import arcsl.scheduler
 import arcsl.solve
 from arcsl.catalog import prompt_format
 from arcsl.cli import main
 from arcsl.config import DataConfig, LoopConfig, RunConfig, SandboxConfig, SolveConfig
-from arcsl.deadline import DeadlinePlanner
+from arcsl.scheduler import DeadlinePlanner
 from arcsl.grids import load_tasks, select_tasks, task_to_json
 from arcsl.loop import RoundStats, start_run
 from arcsl.selection import prediction_grids, select_attempts
 from arcsl.solve import BAR_FORMAT, status_text
 from arcsl.store import open_store
 from arcsl.submission import read_submission, submission_problems
+import test_workers
 from fakes import CRASH, IDENTITY, NO_CODE, ROTATE_180, SCALE_2, FakeClock, ScriptedEngine
 
 TASK_IDS = ["c59eb873", "3c9b0459"]  # scale x2 (3 train pairs, 170 cells), rotate 180 (4 train pairs, 81 cells)
@@ -54,7 +55,7 @@ def config(tmp_path, dataset: str = "arc-agi-1/training", sort: str = "none", lo
     base = dict(initial_programs=8, programs_per_round=8, max_rounds=1, samples_per_view=4)
     return SolveConfig(data=DataConfig(dataset=dataset, task_ids=None if sort != "none" else TASK_IDS, sort=sort),
                        loop=LoopConfig(**(base | (loop or {}))),
-                       sandbox=SandboxConfig(num_workers=2, timeout_s=2.0),
+                       sandbox=SandboxConfig(sandbox_workers=2, timeout_s=2.0),
                        run=RunConfig(**(dict(output_dir=str(tmp_path / "run"), progress=False) | run)))
 
 
@@ -97,7 +98,21 @@ def test_config_is_saved_and_round_trips(tmp_path, dataset):
     solve(cfg, engine=ScriptedEngine(SCRIPTS))
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["loop"]["initial_programs"] == 8 and saved["data"]["task_ids"] == TASK_IDS
-    assert SolveConfig(**{name: type(getattr(cfg, name))(**value) for name, value in saved.items()}) == cfg
+    assert cfg.run.tasks_in_flight == 0 and saved["run"]["tasks_in_flight"] == 1  # auto, recorded as chosen
+    resolved = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, tasks_in_flight=1))
+    assert SolveConfig(**{name: type(getattr(cfg, name))(**value) for name, value in saved.items()}) == resolved
+
+
+def test_tasks_in_flight_auto_fills_a_decode_step_and_is_recorded(tmp_path, dataset, capsys):
+    from arcsl.workers import auto_tasks_in_flight
+
+    assert auto_tasks_in_flight(64, 128, 400, 1) == 2 and auto_tasks_in_flight(16, 64, 8, 1) == 4
+    assert auto_tasks_in_flight(64, 128, 400, 4) == 2 and auto_tasks_in_flight(8, 128, 5, 2) == 3  # a share each
+    assert auto_tasks_in_flight(256, 128, 400, 1) == 1
+    solve(config(tmp_path, dataset, loop=dict(max_rounds=0, programs_per_round=16)),
+          engine=ScriptedEngine(SCRIPTS, num_adapters=4))  # 64 rows on a CPU engine: 4, but there are 2 tasks
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["run"]["tasks_in_flight"] == 2
+    assert "2 tasks from " in capsys.readouterr().err.split(", 2 in flight\n")[0]  # the start says the figure
 
 
 # --- resume and failures ------------------------------------------------------------------------
@@ -212,7 +227,7 @@ def given(monkeypatch) -> list[int]:
 def clock(monkeypatch) -> FakeClock:
     """The clock of the loop, the planner and solve, made fake: time passes only while the scripted engine works."""
     fake = FakeClock()
-    for module in (arcsl.loop, arcsl.deadline, arcsl.solve):
+    for module in (arcsl.loop, arcsl.scheduler, arcsl.solve):
         monkeypatch.setattr(module, "time", fake)
     return fake
 
@@ -425,6 +440,8 @@ SETTING_TESTS = {  # RunConfig field -> the test that shows it does what its hel
     "resume": test_resume_starts_an_interrupted_task_over,
     "deadline_s": test_deadline_s_shares_the_run_time_and_the_submission_is_always_complete,
     "deadline_margin_s": test_deadline_margin_s_is_kept_free_before_the_deadline,
+    "workers": test_workers.test_two_workers_give_the_results_of_one_and_repeat_exactly,
+    "ray_address": test_workers.test_ray_actors_run_the_same_workers_on_a_local_cluster,
     "tasks_in_flight": test_tasks_in_flight_search_that_many_tasks_in_one_sampling_call_each_in_its_own_adapter,
     "progress": test_progress_shows_a_bar_over_tasks_with_the_phase_or_nothing,
     "wandb": test_wandb_logs_every_task_and_the_mean,

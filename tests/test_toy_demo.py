@@ -13,10 +13,10 @@ import pytest
 from arcsl import catalog, cli
 from arcsl.config import SolveConfig
 from arcsl.grids import load_tasks
-from arcsl.solve import engine_config
 from arcsl.toy import demo
 from arcsl.toy.demo import DEMO_TASKS, compare, demo_config, demo_tasks, search_only
 from arcsl.toy.prompt import TOY_FORMAT
+from arcsl.workers import engine_config
 from tests.fakes import ScriptedEngine
 
 REPO = Path(__file__).resolve().parents[1]

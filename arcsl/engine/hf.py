@@ -35,9 +35,17 @@ from arcsl.engine.decode_weights import DecodeWeights
 from arcsl.engine.decoders import DecoderCache
 from arcsl.engine.finetune import Finetuner
 from arcsl.engine.planner import CPU_ROW_CAP, BatchLimits, ModelShape, initial_work, next_batch
-from arcsl.engine.sampler import CacheDecoder, RowState, generate
+from arcsl.engine.sampler import CacheDecoder, PromptNoise, RowState, generate
 from arcsl.engine.tokens import PromptCodec
 from arcsl.engine.types import Completion, Example, FinetuneStats, Prompt, SampleResult, SampleStats, StopRule
+
+
+def _prompt_seeds(seed: int | Sequence[int], num_prompts: int) -> list[int]:
+    if isinstance(seed, int):
+        return [seed + i for i in range(num_prompts)]
+    if len(seed) != num_prompts:
+        raise ValueError(f"seed has {len(seed)} entries for {num_prompts} prompts; give one int or one per prompt")
+    return [int(s) for s in seed]
 
 
 def resolve_device(name: str) -> torch.device:
@@ -113,18 +121,19 @@ class HFEngine:
 
     # --- sampling -----------------------------------------------------------------------------------
 
-    def sample(self, prompts: Sequence[Prompt], cfg: SamplingConfig, seed: int = 0,
+    def sample(self, prompts: Sequence[Prompt], cfg: SamplingConfig, seed: int | Sequence[int] = 0,
                adapters: Sequence[int] | None = None, stop: StopRule | None = None) -> SampleResult:
         """`cfg.num_samples` completions per prompt, prompt i through adapter `adapters[i]` (None: adapter 0),
-        each ending at an end token, where `stop` says, or at `cfg.max_new_tokens`. Same seed, same prompts
-        and adapters, same batch plan: same texts. Prompts of different adapters share batches; greedy texts
-        are those of sampling each adapter's prompts alone."""
+        each ending at an end token, where `stop` says, or at `cfg.max_new_tokens`. Prompt i's samples draw
+        from its own seed (`seed[i]`, or `seed + i` for one int), so a prompt, its seed and its adapter give the
+        same texts whichever prompts share the call (up to the arithmetic of other batch shapes on a GPU).
+        Prompts of different adapters share batches; greedy texts are those of each adapter's prompts alone."""
         start = time.perf_counter()
         if stop is not None and not cfg.ignore_eos and self.codec.tokenizer is None:
             raise ValueError("a stop rule reads text, and this engine has no tokenizer")
         adapters = self._check_adapters(adapters, len(prompts))
         ids = [self.codec.encode_prompt(p) for p in prompts]
-        generator = torch.Generator(self.device).manual_seed(seed)
+        generators = [torch.Generator(self.device).manual_seed(s) for s in _prompt_seeds(seed, len(prompts))]
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         merge_s = 0.0
@@ -134,7 +143,7 @@ class HFEngine:
                 self._prepare_weights(adapters, cfg.merge_lora)
                 self._sync()
                 merge_s = time.perf_counter() - merge_start
-            rows, timing = self._sample_ids(ids, adapters, cfg, generator, None if cfg.ignore_eos else stop)
+            rows, timing = self._sample_ids(ids, adapters, cfg, generators, None if cfg.ignore_eos else stop)
         finally:
             if self.weights is not None and self.weights.is_merged:
                 self.weights.restore()  # asynchronous on a GPU: overlaps with what the caller does next
@@ -169,8 +178,8 @@ class HFEngine:
             self.versions.check(adapter)
         return list(adapters)
 
-    def _sample_ids(self, ids: list[list[int]], adapters: list[int], cfg: SamplingConfig, generator: torch.Generator,
-                    stop: StopRule | None) -> tuple[list[list[RowState]], dict]:
+    def _sample_ids(self, ids: list[list[int]], adapters: list[int], cfg: SamplingConfig,
+                    generators: list[torch.Generator], stop: StopRule | None) -> tuple[list[list[RowState]], dict]:
         rows: list[list[RowState]] = [[] for _ in ids]
         lengths = [len(p) for p in ids]
         work = initial_work(lengths, cfg.num_samples)
@@ -179,7 +188,7 @@ class HFEngine:
             batch, per_prompt, rest = next_batch(work, lengths, cfg.max_new_tokens, self.shape, self._limits(cfg))
             try:
                 results = self._run_batch([ids[i] for i in batch], [adapters[i] for i in batch], per_prompt, cfg,
-                                          generator, stop, timing)
+                                          PromptNoise([generators[i] for i in batch], per_prompt), stop, timing)
             except torch.OutOfMemoryError:
                 results = None
             if results is None:  # outside the except block, so the failed batch's tensors are freed
@@ -217,7 +226,7 @@ class HFEngine:
             torch.cuda.empty_cache()
 
     def _run_batch(self, prompts: list[list[int]], adapters: list[int], per_prompt: int, cfg: SamplingConfig,
-                   generator: torch.Generator, stop: StopRule | None, timing: dict) -> list[RowState]:
+                   noise: PromptNoise, stop: StopRule | None, timing: dict) -> list[RowState]:
         if self.is_fast:
             decoder = self.decoders.get(len(prompts), per_prompt, cfg)
             decoder.load(prompts, adapters)
@@ -230,7 +239,7 @@ class HFEngine:
         self._sync()
         prefilled = time.perf_counter()
         stop_ids = [] if cfg.ignore_eos else self.codec.stop_ids
-        rows = generate(decoder, logits, cfg, stop_ids, generator, self.codec.tokenizer, stop)
+        rows = generate(decoder, logits, cfg, stop_ids, noise, self.codec.tokenizer, stop)
         capture = decoder.capture_s - captured
         timing["prefill"] += prefilled - start
         timing["decode"] += time.perf_counter() - prefilled - capture

@@ -23,6 +23,7 @@ ALIGN = 64  # step-cache lengths are rounded up to this, so graphs are reused
 PROMPT_ALIGN = 256  # prompt-cache lengths too: one graph serves all prompts of a 256-token bucket
 PREFILL_TOKENS = 16384  # most padded tokens prefilled in one forward (bounds the prefill's activations)
 CPU_ROW_CAP = 64  # rows decoded together on CPU when no cap is given (a CPU step costs in proportion to rows)
+GPU_PREFERRED_ROWS = 128  # rows a GPU decode step wants at least: below, a step costs about the same (weight-read bound)
 
 Work = list[tuple[int, int]]  # (prompt index, samples still to draw), in the order they will be batched
 

@@ -14,7 +14,9 @@ What is covered:
   process, so each becomes one fused kernel (a step has ~16 kernels per layer instead of ~75).
 - `CacheDecoder`: any Hugging Face causal LM through its own forward; the prompt is prefilled once and its
   cache copied to each sample. Slower; the fallback for architectures the fast path does not know.
-- `pick_tokens`: greedy, temperature and top-p sampling with an explicit generator (reproducible).
+- `pick_tokens`: greedy, temperature and top-p sampling from explicit noise (reproducible); `PromptNoise` draws
+  each prompt's rows from that prompt's own generator, so a sample depends on its prompt's seed alone, not on
+  which prompts share its batch (the same run repeats exactly whatever the batches, workers or tasks in flight).
 - `generate`: the decode loop, with stops at EOS/end-of-turn or where the caller's stop rule (a `StopRule`,
   e.g. the prompt format's) says the text is complete; the sampler does not know what the rule looks for.
   On CPU, where a step costs in proportion to its rows, a prompt whose samples have all stopped leaves the
@@ -45,24 +47,41 @@ CHECK_EVERY = 16  # decode steps between host syncs (stop checks); finished samp
 # --- token choice -----------------------------------------------------------------------------------
 
 
+class PromptNoise:
+    """Standard exponential noise for a batch's rows: prompt i's `rows_per_prompt` rows from `generators[i]`."""
+
+    def __init__(self, generators: list[torch.Generator], rows_per_prompt: int):
+        self.generators, self.rows_per_prompt = list(generators), rows_per_prompt
+
+    def __call__(self, like: torch.Tensor) -> torch.Tensor:
+        noise, m = torch.empty_like(like), self.rows_per_prompt
+        assert noise.shape[0] == m * len(self.generators), \
+            f"{noise.shape[0]} rows for {len(self.generators)} prompts of {m} rows"
+        for i, generator in enumerate(self.generators):
+            noise[i * m:(i + 1) * m].exponential_(generator=generator)
+        return noise
+
+    def keep(self, prompts: list[int]) -> None:
+        """Only these prompts (indices into the current ones) still draw: the batch was narrowed to them."""
+        self.generators = [self.generators[p] for p in prompts]
+
+
 def pick_tokens(logits: torch.Tensor, temperature: float, top_p: float,
-                generator: torch.Generator | None) -> torch.Tensor:
-    """Next token per row from float32 logits; temperature 0 is greedy. Shape: (b, vocab) -> (b,).
+                noise: PromptNoise | None) -> torch.Tensor:
+    """Next token per row from float32 logits; temperature 0 is greedy (no noise needed). Shape: (b, vocab) -> (b,).
 
     Sampling draws one exponential variable E per candidate and takes argmax(p / E), which is a draw from p
-    (the "exponential race"): no renormalisation after top-p, and `generator` makes it reproducible.
+    (the "exponential race"): no renormalisation after top-p, and seeded `noise` makes it reproducible.
     """
     if temperature == 0:
         return logits.argmax(dim=-1)
     probs = torch.softmax(logits / temperature, dim=-1)
     if top_p >= 1:
-        noise = torch.empty_like(probs).exponential_(generator=generator)
-        return (probs / noise).argmax(dim=-1)
+        return (probs / noise(probs)).argmax(dim=-1)
     sorted_probs, order = probs.sort(dim=-1, descending=True)
     outside = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p  # mass before this token already covers top_p
     sorted_probs = sorted_probs.masked_fill(outside, 0.0)
-    noise = torch.empty_like(sorted_probs).exponential_(generator=generator)
-    return order.gather(-1, (sorted_probs / noise).argmax(dim=-1, keepdim=True)).squeeze(-1)
+    return order.gather(-1, (sorted_probs / noise(sorted_probs)).argmax(dim=-1, keepdim=True)).squeeze(-1)
 
 
 # --- the fused pieces of a decode step --------------------------------------------------------------
@@ -395,6 +414,7 @@ class CacheDecoder:
                                        enabled=autocast_dtype is not None)
         self.cache = None
         self.capture_s = 0.0
+        self.can_narrow = False  # one prompt a batch: nothing to drop
 
     @torch.no_grad()
     def prefill(self) -> torch.Tensor:
@@ -425,7 +445,7 @@ class RowState:
 
 
 def generate(decoder, logits: torch.Tensor, cfg: SamplingConfig, stop_ids: list[int],
-             generator: torch.Generator | None, tokenizer, stop: StopRule | None = None) -> list[RowState]:
+             noise: PromptNoise | None, tokenizer, stop: StopRule | None = None) -> list[RowState]:
     """Samples from the prefilled `decoder` (`logits`: its first-token logits) until every row has stopped
     or has `cfg.max_new_tokens`; returns one finished `RowState` per row.
 
@@ -437,7 +457,7 @@ def generate(decoder, logits: torch.Tensor, cfg: SamplingConfig, stop_ids: list[
     live = slice(None)  # the rows of `rows` the decoder samples: all, until it is narrowed
     checked = 0
     for step in range(cfg.max_new_tokens):
-        out[live, step] = pick_tokens(logits, cfg.temperature, cfg.top_p, generator)
+        out[live, step] = pick_tokens(logits, cfg.temperature, cfg.top_p, noise)
         done = step + 1
         if done == cfg.max_new_tokens or done % CHECK_EVERY == 0:
             new = out[:, checked:done].tolist()  # the only host sync: once per CHECK_EVERY steps
@@ -445,8 +465,8 @@ def generate(decoder, logits: torch.Tensor, cfg: SamplingConfig, stop_ids: list[
             checked = done
             if all(r.end is not None for r in rows):
                 break
-            if getattr(decoder, "can_narrow", False):
-                live = _drop_stopped_prompts(decoder, rows, live)
+            if decoder.can_narrow:
+                live = _drop_stopped_prompts(decoder, rows, live, noise)
         if done < cfg.max_new_tokens:
             logits = decoder.step(out[live, step], step)
     for row in rows:
@@ -455,13 +475,16 @@ def generate(decoder, logits: torch.Tensor, cfg: SamplingConfig, stop_ids: list[
     return rows
 
 
-def _drop_stopped_prompts(decoder, rows: list[RowState], live: slice | torch.Tensor) -> slice | torch.Tensor:
-    """Narrows `decoder` to the prompts with a sample still running; returns the rows it then decodes."""
+def _drop_stopped_prompts(decoder, rows: list[RowState], live: slice | torch.Tensor,
+                          noise: PromptNoise | None) -> slice | torch.Tensor:
+    """Narrows `decoder` (and `noise`) to the prompts with a sample still running; returns the rows it then decodes."""
     by_prompt = torch.arange(len(rows))[live].view(-1, decoder.rows_per_prompt)
     keep = [p for p, prompt_rows in enumerate(by_prompt.tolist()) if any(rows[i].end is None for i in prompt_rows)]
     if len(keep) == len(by_prompt):
         return live
     decoder.keep_prompts(keep)
+    if noise is not None:
+        noise.keep(keep)
     return by_prompt[keep].flatten().to(decoder.device)
 
 

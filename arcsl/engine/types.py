@@ -90,11 +90,11 @@ class Engine(Protocol):
     """
     num_adapters: int
 
-    def sample(self, prompts: Sequence[Prompt], cfg: SamplingConfig, seed: int = 0,
+    def sample(self, prompts: Sequence[Prompt], cfg: SamplingConfig, seed: int | Sequence[int] = 0,
                adapters: Sequence[int] | None = None, stop: StopRule | None = None) -> SampleResult:
         """`cfg.num_samples` completions of each prompt, prompt i through adapter `adapters[i]` (None: all
-        through adapter 0), each ending at an end token, at `stop`'s answer or at `cfg.max_new_tokens`;
-        reproducible for a given seed."""
+        through adapter 0), each ending at an end token, at `stop`'s answer or at `cfg.max_new_tokens`.
+        Prompt i draws from its own seed (`seed[i]`, or `seed + i` for one int), not from its neighbours'."""
 
     def finetune(self, examples: Sequence[Example], cfg: FinetuneConfig, seed: int = 0,
                  adapter: int = 0) -> FinetuneStats:

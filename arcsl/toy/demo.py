@@ -103,7 +103,7 @@ def demo_config(output_dir: str = "out/demo") -> SolveConfig:
         loop=LoopConfig(initial_programs=16, programs_per_round=16, max_rounds=7, samples_per_view=8,
                         stop="one-solution", prompt_format="toy",
                         augment_dihedral=False, augment_colors="none", augment_train_order=False),
-        run=RunConfig(output_dir=output_dir, tasks_in_flight=8))
+        run=RunConfig(output_dir=output_dir, workers=1, tasks_in_flight=8))
 
 
 # --- search and learn against search alone ------------------------------------------------------
@@ -131,10 +131,12 @@ def compare(cfg: SolveConfig, prompt_format: PromptFormat, engine=None) -> list[
         engine: an `Engine` to use instead of loading `cfg.model` (tests).
     """
     from arcsl.engine.hf import load_engine
-    from arcsl.solve import engine_config, solve
+    from arcsl.solve import solve
+    from arcsl.workers import engine_config
 
     out = Path(cfg.run.output_dir)
-    engine = engine or load_engine(engine_config(cfg))  # once: both arms start from the same weights
+    if engine is None and cfg.run.workers == 1:  # once: both arms start from the same weights
+        engine = load_engine(engine_config(cfg))
     arms = {}
     for name, arm_cfg in (("search-and-learn", cfg), ("search-only", search_only(cfg))):
         print(f"\n== {name} ==", file=sys.stderr)
