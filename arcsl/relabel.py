@@ -12,7 +12,7 @@ leave every input unchanged; the best by train score up to a cap; in worst-first
 random order.
 
 Pure functions only: no model, no I/O. What is not covered: rendering prompts (`prompting.py`) and
-fine-tuning (`engine.py`).
+fine-tuning (`engine/finetune.py`).
 """
 
 import numpy as np

@@ -60,7 +60,7 @@ def plot_pass_at_k(scores: list[TaskScores], path: Path) -> None:
              for k in ks]
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.plot(ks, means, marker="o")
-    ax.set(xscale="log", xlabel="predictions per task (k)", ylabel="pass@k", ylim=(0, 1), title="pass@k")
+    ax.set(xscale="log", xlabel="programs per task (k)", ylabel="pass@k", ylim=(0, 1), title="pass@k")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

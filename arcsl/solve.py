@@ -23,6 +23,9 @@ attempt stays unfinished: it has the fallback answers, and `--resume` tries it a
 flight, an exception in a round fails every task of that round (they share its sampling call and its
 sandbox batch).
 
+An error writing the results store ends the run (the store is the run's record; what is already in it
+stays, and `--resume` continues from it).
+
 What is not covered: the algorithm itself (`loop.py`), how workers run (`workers.py`).
 """
 
@@ -153,6 +156,9 @@ def _solve(cfg: SolveConfig, prompt_format: PromptFormat, engine, started: float
     from arcsl.sandbox import SandboxPool
 
     specs = _plan_workers(cfg, engine)
+    if engine is not None and engine.num_adapters < cfg.run.tasks_in_flight:  # before anything is written
+        raise ValueError(f"--tasks-in-flight {cfg.run.tasks_in_flight} needs an engine with one LoRA adapter per "
+                         f"task in flight; the engine passed in has num_adapters={engine.num_adapters}")
     if cfg.data.sort == "auto":  # one queue for several workers: the largest tasks first, so none is left for last
         cfg = replace(cfg, data=replace(cfg.data, sort="large-first" if len(specs) > 1 else "none"))
     out = Path(cfg.run.output_dir)
@@ -261,7 +267,7 @@ def _ray_launcher(address: str):
 
 
 def _auto_tasks_in_flight(cfg: SolveConfig, num_tasks: int, specs: list[WorkerSpec], engine) -> int:
-    if engine is not None:  # an engine passed in holds what it holds
+    if engine is not None:  # an engine passed in (tests, benchmarks): sized as on a CPU, within its adapters
         return min(engine.num_adapters, auto_tasks_in_flight(cfg.loop.programs_per_round, CPU_ROW_CAP, num_tasks, 1))
     on_gpu = specs[0].device.startswith("cuda")
     rows = GPU_PREFERRED_ROWS if on_gpu else CPU_ROW_CAP

@@ -379,9 +379,10 @@ def test_a_failed_round_fails_its_tasks_in_flight_and_the_next_tasks_go_on(tmp_p
         assert store.finished_task_ids() == {"6150a2bd"}
 
 
-def test_an_engine_with_fewer_adapters_than_tasks_in_flight_is_refused(tmp_path, dataset):
+def test_an_engine_with_fewer_adapters_than_tasks_in_flight_is_refused_before_anything_is_written(tmp_path, dataset):
     with pytest.raises(ValueError, match="--tasks-in-flight 3 .* one LoRA adapter per task .* num_adapters=2"):
         solve(config(tmp_path, dataset, tasks_in_flight=3), engine=ScriptedEngine(SCRIPTS, num_adapters=2))
+    assert not (tmp_path / "run").exists()
 
 
 def test_tasks_in_flight_share_each_rounds_time_so_their_timings_add_up_to_the_wall_time(tmp_path, dataset, clock):

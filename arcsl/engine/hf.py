@@ -23,6 +23,7 @@ What is not covered: training several adapters in one step, multi-GPU models. Do
 base weights sample through the model's own forward (`CacheDecoder`), which is slower.
 """
 
+import numbers
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,7 +42,7 @@ from arcsl.engine.types import Completion, Example, FinetuneStats, Prompt, Sampl
 
 
 def _prompt_seeds(seed: int | Sequence[int], num_prompts: int) -> list[int]:
-    if isinstance(seed, int):
+    if isinstance(seed, numbers.Integral):
         return [seed + i for i in range(num_prompts)]
     if len(seed) != num_prompts:
         raise ValueError(f"seed has {len(seed)} entries for {num_prompts} prompts; give one int or one per prompt")

@@ -15,8 +15,9 @@ What is covered:
 - `CacheDecoder`: any Hugging Face causal LM through its own forward; the prompt is prefilled once and its
   cache copied to each sample. Slower; the fallback for architectures the fast path does not know.
 - `pick_tokens`: greedy, temperature and top-p sampling from explicit noise (reproducible); `PromptNoise` draws
-  each prompt's rows from that prompt's own generator, so a sample depends on its prompt's seed alone, not on
-  which prompts share its batch (the same run repeats exactly whatever the batches, workers or tasks in flight).
+  each prompt's rows from that prompt's own generator, so a sample depends on its prompt's seed, not on which
+  prompts share its batch (as long as its samples are not split over batches or retried after running out of
+  memory, and up to the arithmetic of other batch shapes on a GPU).
 - `generate`: the decode loop, with stops at EOS/end-of-turn or where the caller's stop rule (a `StopRule`,
   e.g. the prompt format's) says the text is complete; the sampler does not know what the rule looks for.
   On CPU, where a step costs in proportion to its rows, a prompt whose samples have all stopped leaves the
