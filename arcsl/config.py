@@ -72,6 +72,9 @@ class ModelConfig:
     use_rslora: bool = field(default=True, metadata={"help": "rank-stabilised LoRA scaling (alpha/sqrt(r))"})
     use_dora: bool = field(default=False, metadata={"help": "weight-decomposed LoRA (DoRA); slower"})
     lora_seed: int = field(default=0, metadata={"help": "seed of the LoRA initialisation (reset restores this state)"})
+    gpu_memory_gb: float = field(default=0.0, metadata={
+        "help": "GPU memory this engine may use, GB (GiB); the process is capped there and sampling batches are "
+                "planned within it, so that e.g. 24 on a bigger GPU behaves as a 24 GB card; 0 = all of the GPU"})
     num_adapters: int = field(default=1, metadata={
         "help": "LoRA adapters the engine holds, each trained on its own and all starting from the same values; "
                 "one sampling call can decode prompts of several adapters in one batch"})
@@ -83,6 +86,8 @@ class ModelConfig:
             raise ValueError(f"lora_rank must be >= 1, got {self.lora_rank}")
         if self.num_adapters < 1:
             raise ValueError(f"num_adapters must be >= 1, got {self.num_adapters}")
+        if self.gpu_memory_gb < 0:
+            raise ValueError(f"gpu_memory_gb must be >= 0 (0 = all of the GPU), got {self.gpu_memory_gb}")
         if self.lora_alpha <= 0:
             raise ValueError(f"lora_alpha must be > 0, got {self.lora_alpha}")
         if not 0 <= self.lora_dropout < 1:

@@ -84,3 +84,10 @@ def test_the_rounds_benchmark_can_match_rows_per_decode_step(tmp_path):
     # K = rounds + 1: 2 tasks x 6 rows for 1 round, 3 x 4 for 2 rounds (12 rows per search either way)
     assert [c["tasks_in_flight"] for c in result["configs"]] == [2, 3]
     assert all(len(c["task_s"]) == 3 for c in result["configs"])
+
+
+def test_the_memory_benchmark_runs_in_tiny_mode(capsys):
+    load("bench_memory").main(["--tiny"])
+    result = last_json_line(capsys)
+    assert [c["call"] for c in result["calls"]] == ["sample 1", "sample 2", "finetune 64", "finetune 128"]
+    assert all(c["oom_retries"] == 0 for c in result["calls"])

@@ -49,6 +49,18 @@ def _prompt_seeds(seed: int | Sequence[int], num_prompts: int) -> list[int]:
     return [int(s) for s in seed]
 
 
+def _cap_memory(device: torch.device, gb: float) -> int | None:
+    """Caps this process's GPU memory at `gb` GiB (the allocator refuses more); returns the cap in bytes, or None."""
+    if gb == 0 or device.type != "cuda":
+        return None
+    total = torch.cuda.get_device_properties(device).total_memory
+    cap = int(gb * 2**30)
+    if cap > total:
+        raise ValueError(f"--gpu-memory-gb {gb}: the GPU has {total / 2**30:.1f} GiB")
+    torch.cuda.set_per_process_memory_fraction(cap / total, device)
+    return cap
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -118,6 +130,7 @@ class HFEngine:
         self.finetuner = Finetuner(self.lm, params, self.codec.pad_id, self.autocast_dtype,
                                    self.release_sampler_memory)
         self.row_cap_after_oom: int | None = None  # sticky: once a batch size failed, stay below it
+        self.memory_cap = _cap_memory(self.device, cfg.gpu_memory_gb)
         self.model.eval()
 
     # --- sampling -----------------------------------------------------------------------------------
@@ -209,9 +222,11 @@ class HFEngine:
         cap = min(cap, self.row_cap_after_oom or cap)
         if self.device.type != "cuda":
             return BatchLimits(cap, None, self.is_fast)
-        free = torch.cuda.mem_get_info(self.device)[0] + torch.cuda.memory_reserved(self.device) \
-            - torch.cuda.memory_allocated(self.device) + (self.decoders.nbytes if self.decoders else 0)
-        return BatchLimits(cap, 0.9 * free, self.is_fast)
+        allocated = torch.cuda.memory_allocated(self.device)
+        free = torch.cuda.mem_get_info(self.device)[0] + torch.cuda.memory_reserved(self.device) - allocated
+        if self.memory_cap is not None:  # the GPU's free memory is not ours beyond the cap
+            free = min(free, self.memory_cap - allocated)
+        return BatchLimits(cap, 0.9 * (free + (self.decoders.nbytes if self.decoders else 0)), self.is_fast)
 
     def _shrink_after_oom(self, failed_rows: int) -> None:
         if failed_rows <= 1:
