@@ -173,7 +173,7 @@ def test_load_engine_refuses_4bit_without_a_gpu():
     lambda: FinetuneConfig(max_seq_len=9000, max_tokens_per_micro_batch=8192),
     lambda: FinetuneConfig(learning_rate=0),
     lambda: ModelConfig(device="tpu"), lambda: ModelConfig(lora_rank=0), lambda: ModelConfig(lora_dropout=1.0),
-    lambda: ModelConfig(num_adapters=0),
+    lambda: ModelConfig(num_adapters=0), lambda: ModelConfig(gpu_memory_gb=-1),
 ])
 def test_configs_reject_bad_values(make):
     with pytest.raises(ValueError):
