@@ -244,10 +244,11 @@ def _plan_workers(cfg: SolveConfig, engine) -> list[WorkerSpec]:
     if engine is not None:
         if cfg.run.workers > 1 or cfg.run.ray_address:
             raise ValueError("--workers / --ray-address: an engine passed in serves one worker, in this process")
-        return plan_workers(1, 0, 1, cfg.sandbox.sandbox_workers)
+        return plan_workers(1, [], 1, cfg.sandbox.sandbox_workers)
     if cfg.run.ray_address:
         gpus, cpus = _ray_launcher(cfg.run.ray_address).cluster()
-        return plan_workers(cfg.run.workers, gpus, cpus, cfg.sandbox.sandbox_workers, assigned_gpus=True)
+        return plan_workers(cfg.run.workers, [str(i) for i in range(gpus)], cpus, cfg.sandbox.sandbox_workers,
+                            assigned_gpus=True)
     return plan_workers(cfg.run.workers, visible_gpus(cfg.model.device), len(os.sched_getaffinity(0)),
                         cfg.sandbox.sandbox_workers)
 

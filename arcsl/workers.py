@@ -72,31 +72,36 @@ def auto_tasks_in_flight(programs_per_round: int, preferred_rows: int, num_tasks
     return max(1, min(wanted, -(-num_tasks // num_workers)))
 
 
-def plan_workers(num_workers: int, num_gpus: int, num_cores: int, sandbox_workers: int,
+def plan_workers(num_workers: int, gpus: list[str], num_cores: int, sandbox_workers: int,
                  assigned_gpus: bool = False) -> list[WorkerSpec]:
-    """One spec per worker: worker i owns GPU i (if there are GPUs), and the cores are shared out.
+    """One spec per worker: worker i owns GPU `gpus[i]` (if there are GPUs), and the cores are shared out.
 
     Args:
         num_workers: as --workers gives it; 0 = one per GPU (1 without GPUs).
+        gpus: the GPUs to use, as CUDA_VISIBLE_DEVICES names them (`visible_gpus`).
         sandbox_workers: sandbox processes per worker, as --sandbox-workers gives it; 0 = its share of the cores.
         assigned_gpus: something else (Ray) gives each worker its GPU; the workers leave CUDA_VISIBLE_DEVICES be.
     """
-    n = num_workers or max(num_gpus, 1)
-    if num_gpus and n > num_gpus:
-        raise ValueError(f"--workers {n}: each worker owns one GPU, and {num_gpus} are visible")
+    n = num_workers or max(len(gpus), 1)
+    if gpus and n > len(gpus):
+        raise ValueError(f"--workers {n}: each worker owns one GPU, and {len(gpus)} are visible")
     share = max(1, num_cores // n)
-    device = "cuda:0" if num_gpus else "cpu"
-    return [WorkerSpec(i, device, None if assigned_gpus or not num_gpus else str(i), sandbox_workers or share, share)
+    device = "cuda:0" if gpus else "cpu"
+    return [WorkerSpec(i, device, None if assigned_gpus or not gpus else gpus[i], sandbox_workers or share, share)
             for i in range(n)]
 
 
-def visible_gpus(device: str) -> int:
-    """GPUs the workers may use: every visible one, unless --device pins one (or the CPU)."""
+def visible_gpus(device: str) -> list[str]:
+    """The GPUs the workers may use, as CUDA_VISIBLE_DEVICES names them: every visible one, the one --device
+    cuda:N pins, or none (--device cpu, or no GPU)."""
     import torch
 
     if device == "cpu" or not torch.cuda.is_available():
-        return 0
-    return 1 if device.startswith("cuda:") else torch.cuda.device_count()
+        return []
+    count = torch.cuda.device_count()
+    given = os.environ.get("CUDA_VISIBLE_DEVICES")
+    names = given.split(",")[:count] if given else [str(i) for i in range(count)]
+    return [names[int(device.split(":")[1])]] if device.startswith("cuda:") else names
 
 
 # --- the worker side ----------------------------------------------------------------------------

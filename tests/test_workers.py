@@ -21,17 +21,20 @@ NUM_TASKS = 4
 
 
 def test_each_worker_owns_a_gpu_and_a_share_of_the_cores():
-    assert plan_workers(0, 4, 64, 0) == [WorkerSpec(i, "cuda:0", str(i), 16, 16) for i in range(4)]
-    assert plan_workers(2, 4, 64, 3) == [WorkerSpec(0, "cuda:0", "0", 3, 32), WorkerSpec(1, "cuda:0", "1", 3, 32)]
-    assert plan_workers(0, 0, 2, 0) == [WorkerSpec(0, "cpu", None, 2, 2)]  # no GPU: one worker, every core
-    assert plan_workers(3, 0, 2, 0) == [WorkerSpec(i, "cpu", None, 1, 1) for i in range(3)]  # CPU workers on request
+    gpus = ["0", "1", "2", "3"]
+    assert plan_workers(0, gpus, 64, 0) == [WorkerSpec(i, "cuda:0", str(i), 16, 16) for i in range(4)]
+    assert plan_workers(2, ["5", "7"], 64, 3) == [WorkerSpec(0, "cuda:0", "5", 3, 32),  # as CUDA_VISIBLE_DEVICES
+                                                  WorkerSpec(1, "cuda:0", "7", 3, 32)]  # names them
+    assert plan_workers(0, [], 2, 0) == [WorkerSpec(0, "cpu", None, 2, 2)]  # no GPU: one worker, every core
+    assert plan_workers(3, [], 2, 0) == [WorkerSpec(i, "cpu", None, 1, 1) for i in range(3)]  # CPU workers on request
     # Ray gives each actor its GPU: the worker leaves CUDA_VISIBLE_DEVICES as Ray set it
-    assert plan_workers(0, 2, 32, 0, assigned_gpus=True) == [WorkerSpec(i, "cuda:0", None, 16, 16) for i in range(2)]
+    assert plan_workers(0, ["0", "1"], 32, 0, assigned_gpus=True) == [WorkerSpec(i, "cuda:0", None, 16, 16)
+                                                                       for i in range(2)]
 
 
 def test_more_workers_than_gpus_is_refused_naming_the_flag():
     with pytest.raises(ValueError, match="--workers 3: each worker owns one GPU, and 2 are visible"):
-        plan_workers(3, 2, 16, 0)
+        plan_workers(3, ["0", "1"], 16, 0)
 
 
 @pytest.fixture(scope="module")
