@@ -21,7 +21,7 @@ import ray
 
 from arcsl.config import SolveConfig
 from arcsl.prompting import PromptFormat
-from arcsl.workers import STOP_WAIT_S, WorkerSpec, _Worker, worker_main
+from arcsl.workers import STOP_WAIT_S, WorkerSpec, WorkerHandle, worker_main
 
 POLL_S = 0.02  # how often the parent looks into the mailboxes while every worker is quiet
 
@@ -94,16 +94,16 @@ class RayActors:
         resources = ray.cluster_resources()
         return int(resources.get("GPU", 0)), int(resources.get("CPU", 1))
 
-    def start(self, spec: WorkerSpec, cfg: SolveConfig, prompt_format: PromptFormat) -> _Worker:
+    def start(self, spec: WorkerSpec, cfg: SolveConfig, prompt_format: PromptFormat) -> WorkerHandle:
         num_gpus = 1 if spec.device.startswith("cuda") else 0
         self.num_started += 1
         actor = WorkerActor.options(num_gpus=num_gpus, num_cpus=spec.torch_threads).remote()
         ref = actor.run.remote(spec, cfg, prompt_format, Channel(self.mailboxes, self.num_started, "up", "down"))
         conn = Channel(self.mailboxes, self.num_started, "down", "up")
         conn.run_ref = ref
-        return _Worker(spec, conn, (actor, ref))
+        return WorkerHandle(spec, conn, (actor, ref))
 
-    def wait(self, workers: list[_Worker], timeout: float) -> list[_Worker]:
+    def wait(self, workers: list[WorkerHandle], timeout: float) -> list[WorkerHandle]:
         """The workers with a message to read, or whose actor ended; polls until `timeout`."""
         deadline = time.monotonic() + timeout
         while True:
@@ -112,13 +112,13 @@ class RayActors:
                 return ready
             time.sleep(POLL_S)
 
-    def exit_code(self, w: _Worker) -> int | None:
+    def exit_code(self, w: WorkerHandle) -> int | None:
         try:
             ray.get(w.handle[1], timeout=STOP_WAIT_S)
             return 0
         except Exception:  # the actor died (RayActorError) or its run raised: no exit code to give
             return None
 
-    def stop(self, workers: list[_Worker]) -> None:
+    def stop(self, workers: list[WorkerHandle]) -> None:
         for w in workers:
             ray.kill(w.handle[0])

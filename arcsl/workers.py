@@ -173,7 +173,8 @@ def _picklable(event: Event) -> Event:
 # --- the parent side ----------------------------------------------------------------------------
 
 @dataclass(slots=True)
-class _Worker:
+class WorkerHandle:
+    """The parent's hold on one worker: its channel, its process or actor, what it has in flight."""
     spec: WorkerSpec
     conn: object                         # send / recv / poll, to the worker's `worker_main`
     handle: object                       # its process, or its Ray actor and the reference of its run
@@ -187,24 +188,24 @@ class Processes:
     def __init__(self):
         self.context = mp.get_context("spawn")
 
-    def start(self, spec: WorkerSpec, cfg: SolveConfig, prompt_format: PromptFormat) -> _Worker:
+    def start(self, spec: WorkerSpec, cfg: SolveConfig, prompt_format: PromptFormat) -> WorkerHandle:
         parent, child = self.context.Pipe()
         process = self.context.Process(target=worker_main, args=(spec, cfg, prompt_format, child),
                                        name=f"arcsl-worker-{spec.index}")
         process.start()
         child.close()  # the parent keeps its end only: a dead worker shows as EOF
-        return _Worker(spec, parent, process)
+        return WorkerHandle(spec, parent, process)
 
-    def wait(self, workers: list[_Worker], timeout: float) -> list[_Worker]:
+    def wait(self, workers: list[WorkerHandle], timeout: float) -> list[WorkerHandle]:
         """The workers with a message to read (or that died: reading then raises EOFError)."""
         by_conn = {w.conn: w for w in workers}
         return [by_conn[c] for c in wait(list(by_conn), timeout=timeout)]
 
-    def exit_code(self, w: _Worker) -> int | None:
+    def exit_code(self, w: WorkerHandle) -> int | None:
         w.handle.join()
         return w.handle.exitcode
 
-    def stop(self, workers: list[_Worker]) -> None:
+    def stop(self, workers: list[WorkerHandle]) -> None:
         """Terminates the workers and waits for them (killed after STOP_WAIT_S)."""
         for w in workers:
             if w.handle.is_alive():
@@ -233,7 +234,7 @@ class Workers:
         self.specs, self.cfg, self.prompt_format = specs, cfg, prompt_format
         self.scheduler, self.on_phase = scheduler, on_phase
         self.launcher = launcher or Processes()
-        self.live: dict[int, _Worker] = {}  # by spec index
+        self.live: dict[int, WorkerHandle] = {}  # by spec index
 
     def events(self) -> Iterator[Event | WorkerLost]:
         """What every worker reports, as it arrives, until the queue is empty and every worker has finished."""
@@ -250,7 +251,7 @@ class Workers:
     def _start(self, spec: WorkerSpec) -> None:
         self.live[spec.index] = self.launcher.start(spec, self.cfg, self.prompt_format)
 
-    def _serve(self, w: _Worker) -> Iterator[Event | WorkerLost]:
+    def _serve(self, w: WorkerHandle) -> Iterator[Event | WorkerLost]:
         """Handles one message of worker `w`."""
         try:
             message = w.conn.recv()
@@ -283,7 +284,7 @@ class Workers:
         elif kind == "error":
             raise RuntimeError(f"worker {w.spec.index} could not start:\n{message[1]}")
 
-    def _lost(self, w: _Worker) -> Iterator[WorkerLost | TaskFailed]:
+    def _lost(self, w: WorkerHandle) -> Iterator[WorkerLost | TaskFailed]:
         """Worker `w` died: its tasks go back to the queue (or fail, the second time), and a new worker
         takes its place while there is work left."""
         del self.live[w.spec.index]
