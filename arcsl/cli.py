@@ -49,7 +49,9 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[str,
             default = f.default_factory()
         kind, help_text = hints[f.name], f.metadata.get("help", "")
         aliases = [_flag(a) for a in f.metadata.get("aliases", [])]
-        help_text += f" (default: {default})" + (f"; old name {', '.join(aliases)} still accepted" if aliases else "")
+        words = f.metadata.get("words", {})  # values given as words, e.g. --tasks-in-flight auto
+        shown = next((w for w, v in words.items() if v == default), default)
+        help_text += f" (default: {shown})" + (f"; old name {', '.join(aliases)} still accepted" if aliases else "")
         names = [_flag(f.name), *aliases]
         if get_origin(kind) in (types.UnionType,):  # X | None
             kind = next(a for a in get_args(kind) if a is not type(None))
@@ -58,9 +60,6 @@ def add_config_args(parser: argparse.ArgumentParser, cls: type, skip: tuple[str,
         elif get_origin(kind) is list:
             group.add_argument(*names, nargs="+", type=get_args(kind)[0], default=default, help=help_text)
         else:
-            words = f.metadata.get("words", {})  # values given as words, e.g. --tasks-in-flight auto
-            shown = next((w for w, v in words.items() if v == default), default)
-            help_text = help_text.replace(f"(default: {default})", f"(default: {shown})")
             group.add_argument(*names, type=_with_words(kind, words) if words else kind, default=default,
                                help=help_text, choices=(choices or {}).get(f.name))
 

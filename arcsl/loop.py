@@ -247,9 +247,8 @@ def run_attempts(run: TaskRun, plan: SearchPlan, completions: list[list[Completi
     """One run's attempts, per view and sample; `results` holds its programs' results in that order."""
     sampled = [(v, prompt_hash(prompt), c, p) for v, prompt, cs, ps in zip(plan.views, plan.prompts, completions, programs)
                for c, p in zip(cs, ps)]
-    assert len(sampled) == len(results), f"task {run.task.id}: {len(results)} results for {len(sampled)} programs"
     return [make_attempt(run.task, v, c, p, r, run.round, h, run.settings.model_id)
-            for (v, h, c, p), r in zip(sampled, results)]
+            for (v, h, c, p), r in zip(sampled, results, strict=True)]
 
 
 # --- stopping -----------------------------------------------------------------------------------
@@ -406,6 +405,13 @@ class TaskSource(Protocol):
         """A round ended (its time teaches the deadline what a search costs)."""
 
 
+def check_adapters(engine: Engine, tasks_in_flight: int) -> None:
+    """Refuses an engine with fewer LoRA adapters than tasks in flight (each task learns in its own)."""
+    if engine.num_adapters < tasks_in_flight:
+        raise ValueError(f"--tasks-in-flight {tasks_in_flight} needs an engine with one LoRA adapter per task in "
+                         f"flight; this one has num_adapters={engine.num_adapters}")
+
+
 def run_tasks(source: TaskSource, engine: Engine, pool: SandboxPool, settings: LoopSettings,
               tasks_in_flight: int = 1, on_phase: Callable[[PhaseEvent], None] | None = None) -> Iterator[Event]:
     """Search and learn on the tasks `source` hands out, `tasks_in_flight` at a time in lockstep rounds, each in
@@ -416,9 +422,7 @@ def run_tasks(source: TaskSource, engine: Engine, pool: SandboxPool, settings: L
     asks for the round deadline). An exception in a round fails every task of it (they share its sampling
     call and sandbox batch); the next tasks go on.
     """
-    if engine.num_adapters < tasks_in_flight:
-        raise ValueError(f"--tasks-in-flight {tasks_in_flight} needs an engine with one LoRA adapter per task in "
-                         f"flight; this one has num_adapters={engine.num_adapters}")
+    check_adapters(engine, tasks_in_flight)
     runs: list[TaskRun] = []
     while True:
         while len(runs) < tasks_in_flight and (handed := source.next_task()) is not None:  # fill free adapters

@@ -43,7 +43,7 @@ from arcsl.config import DataConfig, SolveConfig
 from arcsl.engine.planner import CPU_ROW_CAP, GPU_PREFERRED_ROWS
 from arcsl.grids import Task, load_dataset
 from arcsl.loop import (LoopSettings, PhaseEvent, RoundDone, TaskDone, TaskFailed, TaskResult, TaskStarted,
-                        conclude, run_tasks)
+                        check_adapters, conclude, run_tasks)
 from arcsl.prompting import PromptFormat
 from arcsl.scheduler import DeadlinePlanner, Scheduler
 from arcsl.scoring import metrics_rows
@@ -156,9 +156,8 @@ def _solve(cfg: SolveConfig, prompt_format: PromptFormat, engine, started: float
     from arcsl.sandbox import SandboxPool
 
     specs = _plan_workers(cfg, engine)
-    if engine is not None and engine.num_adapters < cfg.run.tasks_in_flight:  # before anything is written
-        raise ValueError(f"--tasks-in-flight {cfg.run.tasks_in_flight} needs an engine with one LoRA adapter per "
-                         f"task in flight; the engine passed in has num_adapters={engine.num_adapters}")
+    if engine is not None:
+        check_adapters(engine, cfg.run.tasks_in_flight)  # before anything is written
     if cfg.data.sort == "auto":  # one queue for several workers: the largest tasks first, so none is left for last
         cfg = replace(cfg, data=replace(cfg.data, sort="large-first" if len(specs) > 1 else "none"))
     out = Path(cfg.run.output_dir)
