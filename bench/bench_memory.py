@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> dict:
                      "peak_gib": round(s.peak_memory_gb * 1e9 / 2**30, 1)})
     for length in seq_lens:
         completion = min(256, length // 4)
-        examples = [(random_ids(length - completion, vocab, gen), random_ids(completion, vocab, gen))
-                    for _ in range(2)]
+        examples = [(random_ids(length - completion - 1, vocab, gen), random_ids(completion, vocab, gen))
+                    for _ in range(2)]  # `length` tokens with the end token the engine adds
         started = time.perf_counter()
         f = engine.finetune(examples, FinetuneConfig(max_seq_len=8192, max_tokens_per_micro_batch=8192))
         rows.append({"call": f"finetune {length}", "oom_retries": f.num_oom_retries,
