@@ -73,8 +73,9 @@ class ModelConfig:
     use_dora: bool = field(default=False, metadata={"help": "weight-decomposed LoRA (DoRA); slower"})
     lora_seed: int = field(default=0, metadata={"help": "seed of the LoRA initialisation (reset restores this state)"})
     gpu_memory_gb: float = field(default=0.0, metadata={
-        "help": "GPU memory this engine may use, GB (GiB); the process is capped there and sampling batches are "
-                "planned within it, so that e.g. 24 on a bigger GPU behaves as a 24 GB card; 0 = all of the GPU"})
+        "help": "GPU memory this engine may use, GB (GiB); the process is capped there, sampling batches are "
+                "planned within it and fine-tuning checkpoints what would not fit, so that e.g. 24 on a bigger GPU "
+                "behaves as a 24 GB card; 0 = all of the GPU"})
     num_adapters: int = field(default=1, metadata={
         "help": "LoRA adapters the engine holds, each trained on its own and all starting from the same values; "
                 "one sampling call can decode prompts of several adapters in one batch"})
@@ -262,7 +263,8 @@ class RunConfig:
         "help": "tasks each worker searches together in lockstep rounds, each learning in its own LoRA adapter (the "
                 "engine is loaded with that many): a round's sampling for all of them is one engine call, and a "
                 "task that stops hands its adapter to the next at once; auto (0) = as many as fill a decode step "
-                "(128 rows on a GPU, 64 on a CPU) with --programs-per-round each", "words": {"auto": 0}})
+                "(128 rows on a GPU, 64 on a CPU) with --programs-per-round each, and on a GPU no more than the "
+                "adapters that half of the memory the weights leave holds", "words": {"auto": 0}})
     progress: bool = field(default=True, metadata={"help": "show a progress bar over tasks"})
     wandb: bool = field(default=False, metadata={
         "help": "log to Weights & Biases (pip install wandb; WANDB_MODE=offline works without network)"})

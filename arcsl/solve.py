@@ -49,8 +49,8 @@ from arcsl.scheduler import DeadlinePlanner, Scheduler
 from arcsl.scoring import metrics_rows
 from arcsl.store import Store, export_attempts_jsonl, export_metrics_csv, open_store
 from arcsl.submission import build_submission, write_submission
-from arcsl.workers import (Processes, Workers, WorkerLost, WorkerSpec, auto_tasks_in_flight, engine_config, plan_workers,
-                           visible_gpus)
+from arcsl.workers import (Processes, Workers, WorkerLost, WorkerSpec, auto_tasks_in_flight, engine_config,
+                           gpu_adapter_limit, plan_workers, smallest_gpu_bytes, visible_gpus)
 
 SUBMISSION = "submission.json"
 STORE = "results.sqlite"
@@ -269,9 +269,13 @@ def _ray_launcher(address: str):
 def _auto_tasks_in_flight(cfg: SolveConfig, num_tasks: int, specs: list[WorkerSpec], engine) -> int:
     if engine is not None:  # an engine passed in (tests, benchmarks): sized as on a CPU, within its adapters
         return min(engine.num_adapters, auto_tasks_in_flight(cfg.loop.programs_per_round, CPU_ROW_CAP, num_tasks, 1))
-    on_gpu = specs[0].device.startswith("cuda")
-    rows = GPU_PREFERRED_ROWS if on_gpu else CPU_ROW_CAP
-    return auto_tasks_in_flight(cfg.loop.programs_per_round, rows, num_tasks, len(specs))
+    if not specs[0].device.startswith("cuda"):
+        return auto_tasks_in_flight(cfg.loop.programs_per_round, CPU_ROW_CAP, num_tasks, len(specs))
+    limit, why = gpu_adapter_limit(cfg.model, None if cfg.run.ray_address else smallest_gpu_bytes())
+    count = auto_tasks_in_flight(cfg.loop.programs_per_round, GPU_PREFERRED_ROWS, num_tasks, len(specs), limit)
+    print(f"arcsl solve: --tasks-in-flight auto = {count} per worker ({GPU_PREFERRED_ROWS} rows a decode step "
+          f"at {cfg.loop.programs_per_round} programs a round; {why})", file=sys.stderr)
+    return count
 
 
 def _print_start(cfg: SolveConfig, num_tasks: int, out: Path, engine, specs: list[WorkerSpec]) -> None:

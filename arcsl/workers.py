@@ -65,11 +65,42 @@ def engine_config(cfg: SolveConfig) -> ModelConfig:
     return replace(cfg.model, num_adapters=max(cfg.model.num_adapters, cfg.run.tasks_in_flight))
 
 
-def auto_tasks_in_flight(programs_per_round: int, preferred_rows: int, num_tasks: int, num_workers: int) -> int:
+def auto_tasks_in_flight(programs_per_round: int, preferred_rows: int, num_tasks: int, num_workers: int,
+                         max_adapters: int | None = None) -> int:
     """--tasks-in-flight auto: as many tasks per worker as fill a decode step of `preferred_rows` with a round's
-    programs each, but no more than each worker's share of the tasks."""
+    programs each, but no more than each worker's share of the tasks, nor than the adapters (one per task in
+    flight) its GPU's memory holds."""
     wanted = -(-preferred_rows // programs_per_round)
-    return max(1, min(wanted, -(-num_tasks // num_workers)))
+    return max(1, min(wanted, -(-num_tasks // num_workers), max_adapters or wanted))
+
+
+def gpu_adapter_limit(model: ModelConfig, gpu_bytes: int | None) -> tuple[int | None, str]:
+    """(adapters, why): how many LoRA adapters of `model`'s settings a GPU of `gpu_bytes` (or its
+    --gpu-memory-gb) holds besides the weights (`planner.adapters_that_fit`); None where the memory or the
+    model's shape cannot be told from here (a Ray cluster's GPUs, a model not on this machine)."""
+    from arcsl.engine.planner import ModelShape, adapters_that_fit
+
+    memory = model.gpu_memory_gb * 2**30 or gpu_bytes
+    if not memory:
+        return None, "GPU memory unknown here"
+    try:
+        from transformers import AutoConfig
+
+        shape = ModelShape.from_config(AutoConfig.from_pretrained(model.model))
+    except (OSError, ValueError, AttributeError) as e:
+        return None, f"model shape unknown here ({type(e).__name__})"
+    targets = model.target_modules
+    count = adapters_that_fit(shape, memory, model.lora_rank, targets, 0.56 if model.load_in_4bit else 2)
+    return count, f"{count} adapters of rank {model.lora_rank} fit in {memory / 2**30:.0f} GiB"
+
+
+def smallest_gpu_bytes() -> int | None:
+    """The memory of the smallest GPU this process sees, or None without one."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return min(torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count()))
 
 
 def plan_workers(num_workers: int, gpus: list[str], num_cores: int, sandbox_workers: int,

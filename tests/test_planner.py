@@ -1,7 +1,9 @@
 """The batch planner, a pure function of shapes and a memory budget: tested on CPU with made-up GPU numbers."""
 
-from arcsl.engine.planner import (BatchLimits, ModelShape, batch_bytes, initial_work, next_batch, plan_batches,
-                                  round_up)
+from tiny_lm import tokenizer  # noqa: F401 (fixture)
+
+from arcsl.engine.planner import (ADAPTER_BYTES_PER_PARAM, BatchLimits, ModelShape, adapters_that_fit, batch_bytes,
+                                  initial_work, next_batch, plan_batches, round_up)
 
 LLAMA_8B = ModelShape(num_layers=32, num_heads=32, num_kv_heads=8, head_dim=128, hidden_size=4096,
                       intermediate_size=14336, vocab_size=128256)
@@ -54,3 +56,33 @@ def test_sharing_the_prompt_cache_saves_a_prompt_copy_per_sample():
 def test_no_memory_budget_on_cpu_leaves_only_the_row_cap():
     plan = plan_batches([8000] * 3, 64, 4096, LLAMA_8B, unlimited(max_rows=64))
     assert plan == [([0], 64), ([1], 64), ([2], 64)]
+
+
+# --- what the weights and adapters take -------------------------------------------------------------
+
+def test_the_llama_8b_shape_counts_its_weights_and_lora_parameters():
+    assert LLAMA_8B.num_params() == 8_030_261_248 - 4096 * 1  # 8.03B: every weight but the final norm's
+    assert LLAMA_8B.lora_params(32, "all-linear") == 83_886_080
+    assert LLAMA_8B.lora_params(16, ["q_proj", "v_proj", "lm_head"]) == 32 * 16 * (4096 * 2 + 4096 + 1024)
+
+
+def test_lora_parameters_are_those_peft_creates(tokenizer):
+    from peft import LoraConfig, get_peft_model
+    from tiny_lm import tiny_llama
+
+    model = tiny_llama(tokenizer)
+    shape = ModelShape.from_config(model.config)
+    for targets in ("all-linear", ["q_proj", "down_proj"]):
+        peft = get_peft_model(tiny_llama(tokenizer), LoraConfig(r=4, target_modules=targets))
+        assert shape.lora_params(4, targets) == sum(p.numel() for n, p in peft.named_parameters() if "lora_" in n)
+    assert shape.num_params() + model.config.hidden_size == sum(p.numel() for p in model.parameters())
+
+
+def test_adapters_take_half_of_what_the_weights_leave():
+    per_adapter = 83_886_080 * ADAPTER_BYTES_PER_PARAM  # 1.17 GB at rank 32
+    weights = LLAMA_8B.num_params() * 2
+    assert adapters_that_fit(LLAMA_8B, weights + 8 * per_adapter, 32, "all-linear") == 4
+    assert adapters_that_fit(LLAMA_8B, 24 * 2**30, 32, "all-linear") == 4  # a 24 GB card
+    assert adapters_that_fit(LLAMA_8B, 24 * 2**30, 256, "all-linear") == 1  # never fewer than one
+    assert adapters_that_fit(LLAMA_8B, 24 * 2**30, 256, "all-linear", bytes_per_weight=0.56) == 1
+    assert adapters_that_fit(LLAMA_8B, 24 * 2**30, 64, "all-linear", bytes_per_weight=0.56) == 4

@@ -14,7 +14,7 @@ from arcsl.grids import load_tasks, select_tasks
 from arcsl.loop import TaskStarted
 from arcsl.store import open_store
 from arcsl.submission import submission_problems
-from arcsl.workers import WorkerSpec, plan_workers
+from arcsl.workers import WorkerSpec, auto_tasks_in_flight, gpu_adapter_limit, plan_workers
 from tiny_lm import tiny_llama, tiny_tokenizer
 
 NUM_TASKS = 4
@@ -152,3 +152,17 @@ def test_ray_actors_run_the_same_workers_on_a_local_cluster(model_dir, tmp_path,
         arcsl.solve._ray_launcher.cache_clear()
     assert main(solve_args(model_dir, tmp_path / "one", 1, "--tasks-in-flight", "2")) == 0
     assert stored(tmp_path / "ray") == stored(tmp_path / "one")
+
+
+def test_tasks_in_flight_auto_stays_within_the_adapters_a_gpus_memory_holds(tmp_path):
+    from arcsl.config import ModelConfig
+    from arcsl.toy.config import SHIPPED_MODEL_DIR as SHIPPED_MODEL
+
+    assert auto_tasks_in_flight(16, 128, 400, 1) == 8 and auto_tasks_in_flight(16, 128, 400, 1, max_adapters=3) == 3
+    model = ModelConfig(model=str(SHIPPED_MODEL), lora_rank=8)
+    count, why = gpu_adapter_limit(model, 2**30)  # a tiny model on a 1 GiB GPU: hundreds of adapters
+    assert count > 100 and why == f"{count} adapters of rank 8 fit in 1 GiB"
+    capped, _ = gpu_adapter_limit(ModelConfig(model=str(SHIPPED_MODEL), lora_rank=8, gpu_memory_gb=0.5), 2**30)
+    assert capped < count  # --gpu-memory-gb is the memory
+    assert gpu_adapter_limit(model, None) == (None, "GPU memory unknown here")  # a Ray cluster's GPUs
+    assert gpu_adapter_limit(ModelConfig(model=str(tmp_path)), 2**30)[0] is None  # no config.json here

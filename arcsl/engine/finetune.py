@@ -6,9 +6,13 @@ What is covered:
   length-sorted micro-batches packed up to a token budget; gradient clipping; optional gradient
   checkpointing; `reset(adapter)` copies the initial LoRA values back in place and drops that adapter's
   optimizer state (milliseconds). Every adapter starts from the same initial values (one copy is kept).
-- out of memory: the step is retried with gradient checkpointing for micro-batches as long as the one that
-  failed (and longer ones, from then on), then once more after the sampler's kept memory is released;
-  short sequences keep training at full speed and long ones (9.7k tokens on an 80 GB GPU) still fit.
+- memory, planned (GPU): before each micro-batch, its activation memory (`memory.ActivationModel`,
+  measured once by a probe) is set against what the GPU has available; it is checkpointed only if it would
+  not fit plain, and the sampler's kept memory is released first if even that would not fit. Short
+  sequences keep training at full speed, long ones fit, and a capped GPU needs no out-of-memory retry.
+- out of memory (the backstop): the step is retried with gradient checkpointing for micro-batches as long as
+  the one that failed (and longer ones, from then on), then once more after the sampler's kept memory is
+  released.
 - `collate`: right padding with a dedicated pad token and a loss mask over exactly the completion tokens
   (and the end token that closes them).
 - `completion_loss`: logits are computed only at the positions that predict completion tokens, so a
@@ -27,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from arcsl.config import FinetuneConfig
+from arcsl.engine.memory import SAFETY, ActivationModel, GpuMemory, choose_checkpointing, measure_activations
 from arcsl.engine.tokens import Tokenized
 from arcsl.engine.types import FinetuneStats
 
@@ -69,17 +74,21 @@ class Finetuner:
     Args:
         params: per adapter, its LoRA parameters, in the same order for every adapter. The first adapter's
             values are the initial values of all: the others are set to them here.
-        release_memory: frees memory held elsewhere (the sampler's kept caches), the last resort on OOM.
+        release_memory: frees memory held elsewhere (the sampler's kept caches) when a micro-batch needs it.
+        memory: the GPU's available memory, to plan checkpointing; None (CPU): only the out-of-memory backstop.
     """
 
     def __init__(self, lm, params: list[list[torch.nn.Parameter]], pad_id: int,
-                 autocast_dtype: torch.dtype | None, release_memory: Callable[[], None] | None = None):
+                 autocast_dtype: torch.dtype | None, release_memory: Callable[[], None] | None = None,
+                 memory: GpuMemory | None = None):
         shapes = [[p.shape for p in ps] for ps in params]
         assert all(s == shapes[0] for s in shapes), f"adapters differ in their LoRA parameters: {len(shapes)} adapters"
         self.lm, self.params, self.pad_id = lm, params, pad_id
         self.device = params[0][0].device
         self.autocast_dtype = autocast_dtype
-        self.release_memory = release_memory
+        self.release_memory, self.memory = release_memory, memory
+        self.activations: ActivationModel | None = None  # measured at the first GPU call (`measure_activations`)
+        self.released = False  # whether this step released the sampler's memory (at most once a step)
         self.initial = [p.detach().clone() for p in params[0]]
         # built once: per-round trainer construction was the largest overhead of the slow implementation
         self.optimizers = [torch.optim.AdamW(ps, lr=1e-4, fused=self.device.type == "cuda") for ps in params]
@@ -115,6 +124,10 @@ class Finetuner:
         rng = random.Random(seed)
         self.counts = {"checkpointed": 0, "oom_retries": 0}
         self.lm.train()
+        if self.memory is not None and self.activations is None:  # once per engine
+            if self.release_memory is not None:  # the probe must not be the one to run out of memory
+                self.release_memory()
+            self.activations = measure_activations(self._probe, self.device)
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         start, losses = time.perf_counter(), []
@@ -139,7 +152,7 @@ class Finetuner:
 
     def _step(self, seqs: list[Tokenized], cfg: FinetuneConfig, adapter: int) -> torch.Tensor:
         """One optimizer step over `seqs`; on out of memory, the step starts again with less memory use."""
-        released = False
+        self.released = False
         while True:
             try:
                 return self._try_step(seqs, cfg, adapter)
@@ -152,9 +165,8 @@ class Finetuner:
             tokens, checkpointed = self.micro_batch
             if not checkpointed:
                 self.checkpoint_from_tokens = min(tokens, self.checkpoint_from_tokens or tokens)
-            elif self.release_memory is not None and not released:
-                self.release_memory()
-                released = True
+            elif self.release_memory is not None and not self.released:
+                self._release()
             else:
                 raise torch.OutOfMemoryError(f"out of memory on a micro-batch of {tokens} padded tokens, with "
                                              "gradient checkpointing and the sampler's memory released")
@@ -164,10 +176,12 @@ class Finetuner:
     def _try_step(self, seqs: list[Tokenized], cfg: FinetuneConfig, adapter: int) -> torch.Tensor:
         num_loss_tokens = sum(len(ids) - n for ids, n in seqs)
         total = torch.zeros((), device=self.device)
-        for batch in micro_batches(seqs, cfg.max_tokens_per_micro_batch):
+        for k, batch in enumerate(micro_batches(seqs, cfg.max_tokens_per_micro_batch)):
             tokens = len(batch) * len(batch[0][0])  # padded: the longest comes first
             limit = self.checkpoint_from_tokens
             checkpointed = cfg.gradient_checkpointing or (limit is not None and tokens >= limit)
+            if self.activations is not None:
+                checkpointed |= self._needs_checkpointing(tokens, sum(len(ids) - n for ids, n in batch), k > 0)
             self.micro_batch = (tokens, checkpointed)
             self._set_checkpointing(checkpointed)
             self.counts["checkpointed"] += checkpointed
@@ -187,6 +201,36 @@ class Finetuner:
         optimizer.zero_grad(set_to_none=True)
         self.num_steps[adapter] += 1
         return total
+
+    def _needs_checkpointing(self, tokens: int, loss_tokens: int, has_grads: bool) -> bool:
+        """Whether a micro-batch must be checkpointed to fit in the memory available now (after the first
+        micro-batch of a step, its gradients are allocated already); the sampler's memory is released first
+        if even checkpointed it would not fit."""
+        grads = 4 * sum(p.numel() for p in self.params[0]) if has_grads else 0  # float32, counted in the fixed part
+        budget = SAFETY * self.memory.available() + grads
+        checkpointed, fits = choose_checkpointing(tokens, loss_tokens, self.activations, budget)
+        if not fits and not self.released and self.release_memory is not None:
+            self._release()
+            return self._needs_checkpointing(tokens, loss_tokens, has_grads)
+        return checkpointed
+
+    def _release(self) -> None:
+        self.release_memory()
+        self.released = True
+
+    def _probe(self, tokens: int, loss_tokens: int, checkpointed: bool) -> None:
+        """One forward and backward of a `tokens`-long sequence with the loss on its last `loss_tokens`;
+        the gradients are dropped."""
+        ids = torch.arange(tokens, device=self.device)[None] % self.lm.config.vocab_size
+        mask = torch.zeros_like(ids, dtype=torch.bool)
+        mask[:, tokens - loss_tokens:] = True
+        self._set_checkpointing(checkpointed)
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                            enabled=self.autocast_dtype is not None):
+            completion_loss(self.lm, ids, mask).backward()
+        self._set_checkpointing(False)
+        for p in self.lm.parameters():
+            p.grad = None
 
     def _set_checkpointing(self, enabled: bool) -> None:
         if enabled and not self.lm.is_gradient_checkpointing:

@@ -8,6 +8,7 @@ milliseconds. The parts, each readable and tested alone:
     tokens.py          PromptCodec: chat template, prompt and example encoding, end and padding tokens
     planner.py         which prompts and samples decode together, within a row cap and a memory budget
     decoders.py        DecoderCache: decoders (caches, CUDA graphs) kept between calls; the compile probe
+    memory.py          GpuMemory: what the GPU has available; the fine-tuner's activation model
     adapters.py        AdapterVersions: a version per adapter, the key of every cache derived from its values
     decode_weights.py  the fast sampler's fused weights, with the LoRA stacked, merged or mixed per row
     sampler.py         the decoders and the decode loop
@@ -35,7 +36,8 @@ from arcsl.engine.adapters import AdapterVersions
 from arcsl.engine.decode_weights import DecodeWeights
 from arcsl.engine.decoders import DecoderCache
 from arcsl.engine.finetune import Finetuner
-from arcsl.engine.planner import CPU_ROW_CAP, BatchLimits, ModelShape, initial_work, next_batch
+from arcsl.engine.memory import SAFETY, GpuMemory
+from arcsl.engine.planner import CPU_ROW_CAP, BatchLimits, ModelShape, batch_bytes, initial_work, next_batch
 from arcsl.engine.sampler import CacheDecoder, PromptNoise, RowState, generate
 from arcsl.engine.tokens import PromptCodec
 from arcsl.engine.types import Completion, Example, FinetuneStats, Prompt, SampleResult, SampleStats, StopRule
@@ -50,15 +52,16 @@ def _prompt_seeds(seed: int | Sequence[int], num_prompts: int) -> list[int]:
 
 
 def _cap_memory(device: torch.device, gb: float) -> int | None:
-    """Caps this process's GPU memory at `gb` GiB (the allocator refuses more); returns the cap in bytes, or None."""
-    if gb == 0 or device.type != "cuda":
+    """Caps this process's GPU memory at `gb` GiB (the allocator refuses more; 0: the whole GPU, which also lifts
+    an earlier engine's cap: the cap is the process's); returns the cap in bytes, or None."""
+    if device.type != "cuda":
         return None
     total = torch.cuda.get_device_properties(device).total_memory
     cap = int(gb * 2**30)
     if cap > total:
         raise ValueError(f"--gpu-memory-gb {gb}: the GPU has {total / 2**30:.1f} GiB")
-    torch.cuda.set_per_process_memory_fraction(cap / total, device)
-    return cap
+    torch.cuda.set_per_process_memory_fraction(cap / total if cap else 1.0, device)
+    return cap or None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -127,10 +130,12 @@ class HFEngine:
         self.initial_lora_is_zero = self.weights is not None and self.weights.lora_is_zero
         params = [[p for n, p in self.model.named_parameters() if n.split(".")[-2] == name]  # ...lora_A.<name>.weight
                   for name in self.adapter_names]
-        self.finetuner = Finetuner(self.lm, params, self.codec.pad_id, self.autocast_dtype,
-                                   self.release_sampler_memory)
         self.row_cap_after_oom: int | None = None  # sticky: once a batch size failed, stay below it
         self.memory_cap = _cap_memory(self.device, cfg.gpu_memory_gb)
+        self.memory = GpuMemory(self.device, self.memory_cap, lambda: self.decoders.pool_bytes if self.decoders else 0) \
+            if self.device.type == "cuda" else None
+        self.finetuner = Finetuner(self.lm, params, self.codec.pad_id, self.autocast_dtype,
+                                   self.release_sampler_memory, self.memory)
         self.model.eval()
 
     # --- sampling -----------------------------------------------------------------------------------
@@ -216,17 +221,14 @@ class HFEngine:
         return rows, timing
 
     def _limits(self, cfg: SamplingConfig) -> BatchLimits:
-        """This call's batch limits: the row cap, and on a GPU what free memory allows (kept decoders give
-        theirs back when a batch needs it)."""
+        """This call's batch limits: the row cap, and on a GPU what available memory allows (kept decoders give
+        theirs back when a new batch needs it)."""
         cap = cfg.max_batch_size or (1 << 30 if self.device.type == "cuda" else CPU_ROW_CAP)
         cap = min(cap, self.row_cap_after_oom or cap)
-        if self.device.type != "cuda":
+        if self.memory is None:
             return BatchLimits(cap, None, self.is_fast)
-        allocated = torch.cuda.memory_allocated(self.device)
-        free = torch.cuda.mem_get_info(self.device)[0] + torch.cuda.memory_reserved(self.device) - allocated
-        if self.memory_cap is not None:  # the GPU's free memory is not ours beyond the cap
-            free = min(free, self.memory_cap - allocated)
-        return BatchLimits(cap, 0.9 * (free + (self.decoders.nbytes if self.decoders else 0)), self.is_fast)
+        return BatchLimits(cap, SAFETY * (self.memory.available() + (self.decoders.nbytes if self.decoders else 0)),
+                           self.is_fast)
 
     def _shrink_after_oom(self, failed_rows: int) -> None:
         if failed_rows <= 1:
@@ -244,7 +246,9 @@ class HFEngine:
     def _run_batch(self, prompts: list[list[int]], adapters: list[int], per_prompt: int, cfg: SamplingConfig,
                    noise: PromptNoise, stop: StopRule | None, timing: dict) -> list[RowState]:
         if self.is_fast:
-            decoder = self.decoders.get(len(prompts), per_prompt, cfg)
+            need = batch_bytes(self.shape, len(prompts), per_prompt, max(map(len, prompts)), cfg.max_new_tokens, True)
+            available = (lambda: SAFETY * self.memory.available()) if self.memory else (lambda: float("inf"))
+            decoder = self.decoders.get(len(prompts), per_prompt, cfg, need, available)
             decoder.load(prompts, adapters)
         else:  # one prompt per batch, through the model's own forward with the prompt's adapter active
             self._activate(adapters[0])

@@ -12,8 +12,10 @@ step KV caches, the sampling temporaries over the vocabulary, the attention scor
 activations. It is an estimate; the engine's out-of-memory retry (a smaller row cap, the same work
 planned again) is the backstop.
 
-What is not covered: the weights, adapters and optimizer states (already resident when a call starts),
-continuous batching (a batch runs until its last row stops).
+The weights, adapters and optimizer states are resident when a call starts; `adapters_that_fit` counts
+them once, before the engine is built, to bound how many tasks (one adapter each) a GPU holds in flight.
+
+What is not covered: continuous batching (a batch runs until its last row stops).
 """
 
 from collections.abc import Sequence
@@ -24,6 +26,10 @@ PROMPT_ALIGN = 256  # prompt-cache lengths too: one graph serves all prompts of 
 PREFILL_TOKENS = 16384  # most padded tokens prefilled in one forward (bounds the prefill's activations)
 CPU_ROW_CAP = 64  # rows decoded together on CPU when no cap is given (a CPU step costs in proportion to rows)
 GPU_PREFERRED_ROWS = 128  # rows a GPU decode step wants at least: below, a step costs about the same (weight-read bound)
+# an adapter's bytes per LoRA parameter: its float32 values (4), AdamW's two float32 moments (8), and its
+# bf16 factors stacked for decoding with mixed adapters (2)
+ADAPTER_BYTES_PER_PARAM = 14
+ADAPTER_SHARE = 0.5  # of the memory the weights leave, what adapters may take; the rest is for batches and training
 
 Work = list[tuple[int, int]]  # (prompt index, samples still to draw), in the order they will be batched
 
@@ -52,6 +58,34 @@ class ModelShape:
                    c.intermediate_size, c.vocab_size)
 
 
+    def linear_layers(self) -> dict[str, tuple[int, int]]:
+        """(in, out) features of each linear layer of a block, by its Llama-style module name."""
+        q, kv, h, i = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim, self.hidden_size, \
+            self.intermediate_size
+        return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
+                "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+
+    def num_params(self) -> int:
+        """Weights of the blocks and of the (untied) embedding and output layers."""
+        blocks = sum(a * b for a, b in self.linear_layers().values()) + 2 * self.hidden_size
+        return self.num_layers * blocks + 2 * self.vocab_size * self.hidden_size
+
+    def lora_params(self, rank: int, targets: str | Sequence[str]) -> int:
+        """Parameters of one LoRA adapter of `rank` on `targets` ("all-linear" or module names; names the
+        block does not have count nothing)."""
+        layers = self.linear_layers()
+        names = layers if targets == "all-linear" else [t for t in targets if t in layers]
+        return self.num_layers * sum(rank * sum(layers[n]) for n in names)
+
+
+def adapters_that_fit(shape: ModelShape, memory_bytes: float, rank: int, targets: str | Sequence[str],
+                      bytes_per_weight: float = 2) -> int:
+    """How many adapters, each with its optimizer state, take no more than `ADAPTER_SHARE` of what the
+    weights (`bytes_per_weight` each: 2 in bf16, about 0.56 in 4 bits) leave of `memory_bytes`; at least 1."""
+    left = memory_bytes - shape.num_params() * bytes_per_weight
+    return max(1, int(ADAPTER_SHARE * left // (shape.lora_params(rank, targets) * ADAPTER_BYTES_PER_PARAM)))
+
+
 @dataclass(frozen=True, slots=True)
 class BatchLimits:
     max_rows: int                 # most rows in one batch
@@ -68,6 +102,9 @@ def batch_bytes(shape: ModelShape, num_prompts: int, per_prompt: int, prompt_len
     cached_prompt = num_prompts * prompt_cap if shares_prompt_cache else rows * prompt_cap
     kv = per_token * (cached_prompt + rows * round_up(max_new_tokens, ALIGN))
     sampling = rows * shape.vocab_size * 24  # logits, probabilities, sorted copy, order (int64), noise
+    # each captured step graph (one per power-of-two step-cache width) keeps its float32 logits
+    graphs = (round_up(max_new_tokens, ALIGN) // ALIGN - 1).bit_length() + 1
+    sampling += graphs * rows * shape.vocab_size * 4
     scores = rows * shape.num_heads * max(prompt_cap, max_new_tokens) * 8  # float32, two copies
     prefill_tokens = min(num_prompts * prompt_cap, max(PREFILL_TOKENS, prompt_cap))
     prefill = prefill_tokens * (shape.intermediate_size * 3 + shape.hidden_size * 8) * 2

@@ -224,6 +224,7 @@ class SharedPrefixDecoder:
         self.graphs: dict[tuple, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.pool = torch.cuda.graph_pool_handle() if use_graphs else None
         self.capture_s = 0.0  # time spent capturing graphs (and compiling), for the caller's accounting
+        self.pool_bytes = 0  # memory the graphs' private pool reserved: only they can use it
 
     def _allocate_rows(self) -> None:
         """The per-row buffers, for the batch's full shape."""
@@ -242,8 +243,8 @@ class SharedPrefixDecoder:
 
     @property
     def nbytes(self) -> int:
-        """Memory held by the caches (graph pools come on top)."""
-        return self.step_kv.nbytes + (self.prompt_kv.nbytes if self.prompt_kv is not None else 0)
+        """Memory dropping this decoder gives back: its caches and its graphs' pool."""
+        return self.step_kv.nbytes + (self.prompt_kv.nbytes if self.prompt_kv is not None else 0) + self.pool_bytes
 
     def load(self, prompts: list[list[int]], adapters: list[int] | None = None) -> None:
         """Makes the decoder ready for `prompts`: caches cleared, prompt lengths, positions and adapters
@@ -256,6 +257,7 @@ class SharedPrefixDecoder:
         cap = round_up(max(len(p) for p in prompts), PROMPT_ALIGN)
         if cap > self.prompt_capacity:  # grow; the graphs read the old buffers, so they go too
             self.graphs.clear()
+            self.pool_bytes = 0  # the pool is freed with its last graph
             self.prompt_kv = self.prompt_bias = None
             w = self.w
             self.prompt_kv = torch.zeros(len(w.layers), 2, self.num_prompts, w.num_kv_heads, cap, w.head_dim,
@@ -364,8 +366,10 @@ class SharedPrefixDecoder:
             self._forward(width, self.prompt_cap)
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
+        with torch.cuda.graph(graph, pool=self.pool):  # entering it empties the allocator's cache
+            reserved = torch.cuda.memory_reserved(self.device)  # a host-side count: legal while capturing
             logits = self._forward(width, self.prompt_cap)
+        self.pool_bytes += torch.cuda.memory_reserved(self.device) - reserved  # what the pool grew by
         return graph, logits
 
     def _forward(self, width: int, prompt_cap: int) -> torch.Tensor:
