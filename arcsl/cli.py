@@ -16,8 +16,10 @@ config is the one source of truth; this module holds no logic beyond wiring. Nam
 
 import argparse
 import dataclasses
+import os
 import signal
 import sys
+import time
 import types
 from pathlib import Path
 from typing import get_args, get_origin, get_type_hints
@@ -119,8 +121,11 @@ def make_parser() -> argparse.ArgumentParser:
     show.add_argument("--output-dir", default=".", help="where TASK_ID.png and TASK_ID.html go (default: .)")
     add_config_args(show, DataConfig, skip=("task_ids", "limit", "sort"))
 
-    score = sub.add_parser("score", help="score a submission.json against the solutions, per task and overall")
+    score = sub.add_parser("score", help="score a submission.json against the solutions, per task and overall "
+                                         "(a submission that validate-submission rejects is not scored)")
     score.add_argument("submission", help="Kaggle submission.json to score")
+    score.add_argument("--no-validate", action="store_true",
+                       help="score even a submission with problems (missing or extra tasks or entries)")
     add_config_args(score, DataConfig)
 
     validate = sub.add_parser("validate-submission", help="check a submission.json against the challenges "
@@ -144,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "show":
             return show(data, Path(args.output_dir), args.predictions)
         if args.command == "score":
-            return score(data, Path(args.submission))
+            return score(data, Path(args.submission), validate=not args.no_validate)
         if args.command == "validate-submission":
             return validate_submission(data, Path(args.submission))
     except ValueError as e:  # user mistakes (bad flags, bad files): one clear line, no traceback
@@ -172,8 +177,24 @@ def run_demo(cfg: SolveConfig) -> int:
 def run_solve(cfg: SolveConfig) -> int:
     from arcsl.solve import solve
 
-    solve(cfg, catalog.prompt_format(cfg.loop.prompt_format))
+    if not cfg.run.ray_address:  # with Ray the model may live on the cluster's machines only
+        catalog.check_model(cfg.model.model)
+    solve(cfg, catalog.prompt_format(cfg.loop.prompt_format), started=process_started())
     return 0
+
+
+def process_started() -> float:
+    """When this process started, on the time.monotonic() clock (Linux: from /proc; elsewhere: now), so that
+    --deadline-s counts the imports and the model's loading too."""
+    now = time.monotonic()
+    try:
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        # field 22 of /proc/self/stat, after the command name in parentheses (which may hold spaces)
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return now
+    age = uptime - ticks / os.sysconf("SC_CLK_TCK")
+    return now - min(max(age, 0.0), now)
 
 
 def _load(cfg: DataConfig) -> list:
@@ -205,10 +226,16 @@ def show(cfg: DataConfig, output_dir: Path, predictions: str | None) -> int:
     return 0
 
 
-def score(cfg: DataConfig, submission: Path) -> int:
+def score(cfg: DataConfig, submission: Path, validate: bool = True) -> int:
     from arcsl.submission import overall_score, read_submission, score_submission
 
-    scores = score_submission(read_submission(submission), _load(cfg))
+    tasks = _load(cfg)
+    if validate and (problems := _problems(submission, tasks, selected=cfg.task_ids is not None or cfg.limit != -1)):
+        print("\n".join(problems))
+        print(f"{submission}: {len(problems)} problems (validate-submission lists the same); not scored, as Kaggle "
+              f"would not score it (--no-validate scores it anyway)")
+        return 1
+    scores = score_submission(read_submission(submission), tasks)
     print(f"{'task':<12} {'test':>4} {'correct':>7} {'score':>6}")
     for s in scores:
         print(f"{s.task_id:<12} {s.num_test:>4} {s.num_correct:>7} {s.score:>6.3f}{'  (missing)' if s.is_missing else ''}")
@@ -216,6 +243,19 @@ def score(cfg: DataConfig, submission: Path) -> int:
           f"{sum(s.num_correct for s in scores)} of {sum(s.num_test for s in scores)} test inputs correct, "
           f"{sum(s.is_missing for s in scores)} tasks missing from {submission}")
     return 0
+
+
+def _problems(submission: Path, tasks: list, selected: bool) -> list[str]:
+    """`submission_problems` of the file for `tasks`; with a selection of tasks (--task-ids, --limit), the
+    submission's other tasks are not problems."""
+    from arcsl.grids import read_json
+    from arcsl.submission import submission_problems
+
+    data = read_json(submission)
+    if selected and isinstance(data, dict):
+        ids = {t.id for t in tasks}
+        data = {k: v for k, v in data.items() if k in ids}
+    return submission_problems(data, tasks, str(submission))
 
 
 def validate_submission(cfg: DataConfig, submission: Path) -> int:

@@ -249,8 +249,8 @@ class RunConfig:
     resume: bool = field(default=False, metadata={
         "help": "continue the run in output-dir: finished tasks are skipped, an unfinished one starts over"})
     deadline_s: float = field(default=-1.0, metadata={
-        "help": "wall-clock budget of the whole run, seconds (Kaggle: 43200); near it, tasks get search only and "
-                "submission.json is complete before it; -1 = none"})
+        "help": "wall-clock budget of the whole run, seconds from the start of the process (Kaggle: 43200); near "
+                "it, tasks get search only and submission.json is complete before it; -1 = none"})
     deadline_margin_s: float = field(default=60.0, metadata={
         "help": "seconds kept free before the deadline for the final exports"})
     workers: int = field(default=0, metadata={
@@ -278,6 +278,9 @@ class RunConfig:
             raise ValueError(f"deadline_s must be > 0 seconds or -1 (none); got {self.deadline_s}")
         if self.deadline_margin_s < 0:
             raise ValueError(f"deadline_margin_s must be >= 0, got {self.deadline_margin_s}")
+        if self.deadline_s != -1 and self.deadline_margin_s >= self.deadline_s:
+            raise ValueError(f"--deadline-margin-s {self.deadline_margin_s:g} leaves nothing of --deadline-s "
+                             f"{self.deadline_s:g}: give a margin below the deadline (the default margin is 60 s)")
 
 
 @dataclass(slots=True)
@@ -291,3 +294,29 @@ class SolveConfig:
     loop: LoopConfig = field(default_factory=LoopConfig)
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+
+# What a resumed run may change: where and how fast the work runs, and which tasks are selected, not what a
+# task's rounds compute (each task's seed comes from the run's seed and its id). Any other difference makes
+# --resume refuse: two configurations would mix in one store.
+RESUMABLE_SECTIONS = frozenset({"run"})
+RESUMABLE_SETTINGS = frozenset({
+    "data.task_ids", "data.limit", "data.sort", "model.gpu_memory_gb", "model.num_adapters",
+    "sampling.max_batch_size", "sampling.cuda_graphs", "sampling.compile_decode", "sampling.merge_lora",
+    "finetune.max_tokens_per_micro_batch", "finetune.gradient_checkpointing", "sandbox.sandbox_workers",
+})
+
+
+def config_changes(before: dict, after: dict) -> list[str]:
+    """The settings of `after` (a SolveConfig as a dict) that differ from `before` and that a resumed run may
+    not change, as "section.field: before -> after". A setting `before` did not record (an older version)
+    is not compared."""
+    changes = []
+    for section, values in after.items():
+        if section in RESUMABLE_SECTIONS or not isinstance(values, dict):
+            continue
+        for name, value in values.items():
+            old = before.get(section, {}).get(name, value)
+            if old != value and f"{section}.{name}" not in RESUMABLE_SETTINGS:
+                changes.append(f"{section}.{name}: {old!r} -> {value!r}")
+    return changes

@@ -29,6 +29,14 @@ Each task draws its views, their sampling seeds and its fine-tuning seeds from i
 (seeded by the run seed and the task id), and the engine draws each prompt's samples from that prompt's
 seed alone, so a task's attempts do not depend on which tasks share its rounds, on a CPU exactly.
 
+The round deadline holds with any number of tasks in flight: a round does not start if its estimate (the
+last round's search, plus each task's learning as seen so far: `RoundCosts`) would end past it, and in a
+round that starts, the tasks' fine-tuning shares the time before the deadline less the search (`learn`
+passes each its `stop_at`, after which the engine starts no optimizer step), and the sampling ends at the
+deadline less the execution, keeping the samples finished by then (the first round's too: before any
+round is seen, nothing else tells its cost). A task's rounds therefore end by the deadline, late by at
+most one fine-tuning step, a few decode steps and the execution estimate's error.
+
 What is not covered: files and the results store (`solve.py`), the queue and the deadline arithmetic
 (`scheduler.py`), processes (`workers.py`).
 """
@@ -215,9 +223,11 @@ def plan_search(run: TaskRun) -> SearchPlan:
     return SearchPlan(views, prompts, [int(s) for s in run.rng.integers(2**31, size=len(views))])
 
 
-def search(runs: list[TaskRun], engine: Engine, pool: SandboxPool, timers: list[PhaseTimer]) -> list[list[Attempt]]:
+def search(runs: list[TaskRun], engine: Engine, pool: SandboxPool, timers: list[PhaseTimer],
+           sample_until: float | None = None) -> list[list[Attempt]]:
     """Sample programs over fresh views of every run's task, run and score them: one engine call, each
-    prompt through its task's adapter and with its view's own seed; one sandbox batch. Returns each run's attempts."""
+    prompt through its task's adapter and with its view's own seed; one sandbox batch. Returns each run's
+    attempts. Sampling ends at `sample_until` (time.monotonic()) with the samples finished by then."""
     settings = runs[0].settings
     assert all(r.settings == settings for r in runs), "tasks searched together must share their settings"
     fmt, per_view = settings.prompt_format, settings.loop.samples_per_view
@@ -227,18 +237,19 @@ def search(runs: list[TaskRun], engine: Engine, pool: SandboxPool, timers: list[
     with shared_phase(timers, "sampling"):
         sampling = replace(settings.sampling, num_samples=per_view)
         seeds = [s for plan in plans for s in plan.seeds]
-        completions = engine.sample(prompts, sampling, seed=seeds, adapters=adapters, stop=fmt.stop).completions
+        completions = engine.sample(prompts, sampling, seed=seeds, adapters=adapters, stop=fmt.stop,
+                                    stop_at=sample_until).completions
     with shared_phase(timers, "execution"):
-        assert all(len(cs) == per_view for cs in completions), f"the engine gave other than {per_view} samples a prompt"
+        assert all(len(cs) <= per_view for cs in completions), f"the engine gave more than {per_view} samples a prompt"
         programs = [[fmt.extract(c.text) for c in cs] for cs in completions]  # per prompt, its samples' programs
         views = [v for plan in plans for v in plan.views]
         jobs = [Job(p, [q.input for q in v.train] + [q.input for q in v.test])
                 for v, ps in zip(views, programs) for p in ps]
         results = pool.run(jobs)
         prompts_per_run = [len(plan.prompts) for plan in plans]
-        per_run = zip(split_by_counts(completions, prompts_per_run, "completions by task"),
-                      split_by_counts(programs, prompts_per_run, "programs by task"),
-                      split_by_counts(results, [n * per_view for n in prompts_per_run], "results by task"))
+        by_run = split_by_counts(completions, prompts_per_run, "completions by task")
+        per_run = zip(by_run, split_by_counts(programs, prompts_per_run, "programs by task"),
+                      split_by_counts(results, [sum(map(len, cs)) for cs in by_run], "results by task"))
         return [run_attempts(run, plan, cs, ps, rs) for run, plan, (cs, ps, rs) in zip(runs, plans, per_run)]
 
 
@@ -269,9 +280,9 @@ def stop_reason(run: TaskRun, deadline: float | None, round_s: float) -> str | N
 
     Args:
         deadline: time.monotonic() by which the task's rounds must have ended; None = no limit.
-        round_s: seconds the round just finished took, the estimate of the next one: a round that
-            would end after the deadline does not start (the deadline protects other tasks' time,
-            unlike the task's own budget, which only stops new rounds once spent).
+        round_s: the estimate of the next round (`RoundCosts`): a round that would end after the deadline
+            does not start (the deadline protects other tasks' time, unlike the task's own budget, which
+            only stops new rounds once spent).
     """
     cfg = run.settings.loop
     needed = {"two-solutions": 2, "one-solution": 1, "never": None}[cfg.stop]
@@ -303,9 +314,10 @@ def start_run(task: Task, settings: LoopSettings, adapter: int = 0, max_rounds: 
     return TaskRun(task, settings, rng, time.monotonic(), adapter, rounds)
 
 
-def learn(run: TaskRun, engine: Engine, timer: PhaseTimer) -> int:
+def learn(run: TaskRun, engine: Engine, timer: PhaseTimer, stop_at: float | None = None) -> int:
     """Before a round's search: in round 0, a fresh LoRA in the run's adapter; after it, fine-tune that LoRA
-    on the last round's attempts, relabelled. Returns the number of examples fine-tuned on."""
+    on the last round's attempts, relabelled, taking no step from `stop_at` (time.monotonic()) on. Returns
+    the number of examples fine-tuned on."""
     if run.round == 0:
         with timer("reset"):
             engine.reset(adapter=run.adapter)  # a fresh LoRA and optimizer for every task
@@ -321,7 +333,8 @@ def learn(run: TaskRun, engine: Engine, timer: PhaseTimer) -> int:
             examples.append((fmt.build(relabelled), prune(a.response, relabelled) if prune else a.response))
     if examples:
         with timer("finetuning"):
-            engine.finetune(examples, run.settings.finetune, seed=int(run.rng.integers(2**31)), adapter=run.adapter)
+            engine.finetune(examples, run.settings.finetune, seed=int(run.rng.integers(2**31)), adapter=run.adapter,
+                            stop_at=stop_at)
     return len(examples)
 
 
@@ -334,9 +347,14 @@ class RoundDone:
 
 
 def run_round(runs: list[TaskRun], engine: Engine, pool: SandboxPool,
-              on_phase: Callable[[PhaseEvent], None] | None = None) -> list[RoundDone]:
+              on_phase: Callable[[PhaseEvent], None] | None = None, learn_until: float | None = None,
+              sample_until: float | None = None) -> list[RoundDone]:
     """One round of every task in `runs`, in lockstep: each learns (or starts) in its own adapter, in turn;
     then one search for all of them. Adds each one's new attempts and stats to its run and returns them.
+
+    `learn_until` and `sample_until` (time.monotonic(); None: no limit): when the round's fine-tuning and its
+    sampling must be over. The learning tasks share the time until `learn_until` in equal slots, in turn;
+    the sampling keeps what has finished by `sample_until`.
 
     Shared phases and the round's "other" are split equally among the tasks (`shared_phase`,
     `finish_timers`), so their RoundStats add up to the round's wall time.
@@ -347,8 +365,15 @@ def run_round(runs: list[TaskRun], engine: Engine, pool: SandboxPool,
         return lambda phase: on_phase(PhaseEvent(run.task.id, run.round, phase, best_train_score(run.attempts)))
 
     timers = [PhaseTimer(on_start=announcer(run)) for run in runs]
-    num_examples = [learn(run, engine, timer) for run, timer in zip(runs, timers)]
-    new = search(runs, engine, pool, timers)
+    num_learning, start = sum(r.round > 0 for r in runs), time.monotonic()
+    num_examples, slot = [], 0
+    for run, timer in zip(runs, timers):
+        stop_at = None
+        if learn_until is not None and run.round > 0:
+            slot += 1
+            stop_at = start + (learn_until - start) * slot / num_learning
+        num_examples.append(learn(run, engine, timer, stop_at))
+    new = search(runs, engine, pool, timers, sample_until)
     done = []
     for run, examples, attempts, seconds in zip(runs, num_examples, new, finish_timers(timers)):
         run.attempts += attempts
@@ -390,6 +415,30 @@ class TaskFailed:
 
 Event = TaskStarted | RoundDone | TaskDone | TaskFailed
 
+LEARNING_PHASES = ("relabelling", "finetuning")
+
+
+@dataclass(slots=True)
+class RoundCosts:
+    """What a driver's rounds have cost, to cost the next one: the shared search (everything but learning) and
+    its execution phase, of the last round, and each task's learning in every learning round so far."""
+    search_s: float = 0.0
+    execution_s: float = 0.0
+    learning_s: list[float] = field(default_factory=list)
+
+    def observe(self, done: list[RoundDone]) -> None:
+        learning = [sum(e.stats.seconds.get(p, 0.0) for p in LEARNING_PHASES) for e in done if e.stats.round > 0]
+        self.search_s = sum(sum(e.stats.seconds.values()) for e in done) - sum(learning)
+        self.execution_s = sum(e.stats.seconds.get("execution", 0.0) for e in done)
+        self.learning_s += learning
+
+    def next_round_s(self, num_tasks: int) -> float:
+        """A round of `num_tasks` tasks that all learn: the search, and each one's learning at its mean so far.
+        Before any learning is seen it is costed at nothing: the round's fine-tuning then gets what is left
+        before the deadline (`run_round`'s `learn_until`), so a guess could only waste time, never overrun."""
+        per_task = sum(self.learning_s) / len(self.learning_s) if self.learning_s else 0.0
+        return self.search_s + num_tasks * per_task
+
 
 class TaskSource(Protocol):
     """Where a worker's driver gets its tasks and deadlines: the run's `scheduler.Scheduler`, in the parent
@@ -424,6 +473,7 @@ def run_tasks(source: TaskSource, engine: Engine, pool: SandboxPool, settings: L
     """
     check_adapters(engine, tasks_in_flight)
     runs: list[TaskRun] = []
+    costs = RoundCosts()
     while True:
         while len(runs) < tasks_in_flight and (handed := source.next_task()) is not None:  # fill free adapters
             task, max_rounds = handed
@@ -432,8 +482,10 @@ def run_tasks(source: TaskSource, engine: Engine, pool: SandboxPool, settings: L
             yield TaskStarted(task, max_rounds)
         if not runs:
             return
-        try:
-            done = run_round(runs, engine, pool, on_phase)
+        deadline = source.round_deadline()
+        try:  # fine-tuning leaves time for the search, sampling for the execution
+            done = run_round(runs, engine, pool, on_phase, *((None, None) if deadline is None else
+                                                             (deadline - costs.search_s, deadline - costs.execution_s)))
         except Exception as e:  # the round's tasks share its sampling call and sandbox batch: all of them fail
             for r in runs:
                 yield TaskFailed(r.task, e)
@@ -442,8 +494,8 @@ def run_tasks(source: TaskSource, engine: Engine, pool: SandboxPool, settings: L
         for event in done:
             source.observe(event.stats)
             yield event
-        deadline = source.round_deadline()
-        round_s = sum(sum(e.stats.seconds.values()) for e in done)
+        costs.observe(done)
+        deadline, round_s = source.round_deadline(), costs.next_round_s(len(runs))
         for r in runs:
             r.reason = stop_reason(r, deadline, round_s)
         for r in [r for r in runs if r.reason is not None]:

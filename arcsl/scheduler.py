@@ -38,8 +38,11 @@ class DeadlinePlanner:
     step costs about the same for few rows as for many). `num_workers` such rounds run side by side.
     """
 
-    def __init__(self, deadline_s: float, margin_s: float, tasks_in_flight: int = 1, num_workers: int = 1):
-        self.deadline = None if deadline_s == -1 else time.monotonic() + deadline_s - margin_s
+    def __init__(self, deadline_s: float, margin_s: float, tasks_in_flight: int = 1, num_workers: int = 1,
+                 started: float | None = None):
+        # the clock starts at `started` (time.monotonic(); the process's start, for the CLI), else now
+        start = time.monotonic() if started is None else started
+        self.deadline = None if deadline_s == -1 else start + deadline_s - margin_s
         self.tasks_in_flight, self.num_workers = tasks_in_flight, num_workers
         self.search_seconds: list[float] = []  # wall time of each round 0 (a search) seen so far
 

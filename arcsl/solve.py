@@ -117,18 +117,20 @@ def _write_outputs(out: Path, tasks: list[Task], store: Store) -> None:
     write_submission(out / SUBMISSION, build_submission(tasks, store.predictions()))
 
 
-def solve(cfg: SolveConfig, prompt_format: PromptFormat, engine=None) -> RunSummary:
+def solve(cfg: SolveConfig, prompt_format: PromptFormat, engine=None, started: float | None = None) -> RunSummary:
     """Run search and learn on every selected task; see the module docstring.
 
     Args:
         prompt_format: the format `cfg.loop.prompt_format` names (resolved by the caller, `arcsl.catalog`).
         engine: an `Engine` to use instead of loading `cfg.model` (tests, other engine implementations);
             with tasks_in_flight > 1 it must hold that many adapters.
+        started: time.monotonic() at which the deadline's clock started (the CLI gives the process's start,
+            so imports and loading count); None: now.
     """
     if prompt_format.name != cfg.loop.prompt_format:
         raise ValueError(f"the prompt format given ({prompt_format.name!r}) is not the one the config names "
                          f"({cfg.loop.prompt_format!r})")
-    started = time.monotonic()
+    started = time.monotonic() if started is None else started
     previous = signal.signal(signal.SIGTERM, _interrupt) if threading.current_thread() is threading.main_thread() \
         else None
     try:
@@ -165,15 +167,15 @@ def _solve(cfg: SolveConfig, prompt_format: PromptFormat, engine, started: float
     tasks = _load_tasks(cfg.data)
     if cfg.run.tasks_in_flight == 0:  # auto: the figure chosen is recorded in config.json and printed below
         cfg = replace(cfg, run=replace(cfg.run, tasks_in_flight=_auto_tasks_in_flight(cfg, len(tasks), specs, engine)))
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     _print_start(cfg, len(tasks), out, engine, specs)
-    wandb_run = _start_wandb(cfg, out) if cfg.run.wandb else None
-    with open_store(out / STORE, resume=cfg.run.resume, config=asdict(cfg)) as store:
+    with open_store(out / STORE, resume=cfg.run.resume, config=asdict(cfg)) as store:  # refuses a mixed resume
+        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+        wandb_run = _start_wandb(cfg, out) if cfg.run.wandb else None
         done = store.finished_task_ids() & {t.id for t in tasks}
         _write_outputs(out, tasks, store)  # a valid submission exists from the first second
         todo = [t for t in tasks if t.id not in done]
         planner = DeadlinePlanner(cfg.run.deadline_s, cfg.run.deadline_margin_s, cfg.run.tasks_in_flight,
-                                  len(specs))
+                                  len(specs), started)
         scheduler = Scheduler(todo, planner, cfg.loop.max_rounds)
         progress = Progress(len(todo), cfg.run.progress)
         if len(specs) == 1 and not cfg.run.ray_address:  # one worker, in this process: the driver's events as they come

@@ -8,7 +8,9 @@ processes may write to one store; writers queue on SQLite's lock for up to BUSY_
 
 Resume: a task is 'running' from `start_task` until `finish_task`. A resumed run skips the tasks in
 `finished_task_ids()`; calling `start_task` again on a task left 'running' by a killed run deletes its
-attempts and phase timings, so the task restarts cleanly instead of mixing two runs.
+attempts and phase timings, so the task restarts cleanly instead of mixing two runs. A resume whose
+settings would change what a task computes (`config.config_changes` against the store's first run) is
+refused before anything is written.
 
 Schema (version SCHEMA_VERSION, kept in PRAGMA user_version; see SCHEMA below):
 - runs: one row per start or resume of a run (time, whether it resumed, the config as JSON);
@@ -31,6 +33,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
+from arcsl.config import config_changes
 from arcsl.grids import Grid, make_grid
 from arcsl.scoring import Attempt, TaskScores, metrics_rows
 
@@ -310,6 +313,11 @@ def open_store(path: Path, resume: bool = False, config: dict[str, Any] | None =
         raise ValueError(f"{path}: the results store already holds {num_tasks} tasks; "
                          "pass --resume to continue that run, or choose another output directory")
     if config is not None:
+        if num_tasks and (changes := config_changes(store.runs()[0]["config"], config)):
+            store.close()
+            raise ValueError(f"{path}: --resume with settings other than the run's: {'; '.join(changes)}. Resume "
+                             "with the run's settings (its config.json), or start a new run in another output "
+                             "directory; only the run's deadline, workers, progress and the like may change")
         store.record_run(config, is_resume=bool(num_tasks))
     return store
 

@@ -205,16 +205,16 @@ class ProgramEngine:
         self.num_adapters = engine.num_adapters
         self.sample_stats, self.finetune_stats = [], []
 
-    def sample(self, prompts, cfg, seed: int = 0, adapters=None, stop=None) -> SampleResult:
-        result = self.engine.sample(prompts, cfg, seed, adapters, stop)
+    def sample(self, prompts, cfg, seed: int = 0, adapters=None, stop=None, stop_at=None) -> SampleResult:
+        result = self.engine.sample(prompts, cfg, seed, adapters, stop, stop_at)
         rng = random.Random(repr(seed))  # one int or one per prompt
         completions = [[Completion(program_completion(rng.choice(self.pool)), c.num_tokens, c.finish_reason)
                         for c in cs] for cs in result.completions]
         self.sample_stats.append(result.stats)
         return SampleResult(completions, result.stats)
 
-    def finetune(self, examples, cfg, seed: int = 0, adapter: int = 0):
-        stats = self.engine.finetune(examples, cfg, seed, adapter)
+    def finetune(self, examples, cfg, seed: int = 0, adapter: int = 0, stop_at: float | None = None):
+        stats = self.engine.finetune(examples, cfg, seed, adapter, stop_at)
         self.finetune_stats.append(stats)
         return stats
 

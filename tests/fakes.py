@@ -40,7 +40,9 @@ class ScriptedEngine:
     """Answers each prompt with its script, chosen by the number of train examples the prompt shows, starting at
     the prompt's seed (as a real engine, a prompt's samples depend on its own seed alone).
 
-    With a `clock`, each sample() call takes `sample_s` and each finetune() call `finetune_s` of its time.
+    With a `clock`, each sample() call takes `sample_s` (its samples finish one after another, prompt by prompt;
+    a call given `stop_at` ends there with those finished) and each finetune() call `finetune_s` of its time, in
+    one step per `examples_per_step` examples (a call given `stop_at` starts no step at or after it).
     `failures` maps (method, call index) to an exception that call raises, e.g. {("finetune", 1): KeyboardInterrupt()}.
     Adapters are only recorded: every adapter answers with the same scripts.
     """
@@ -58,34 +60,44 @@ class ScriptedEngine:
     reset_adapters: list[int | None] = field(default_factory=list)   # adapter per reset() call (None: all)
     stops: list = field(default_factory=list)              # the stop rule of each sample() call (texts are not cut)
     num_resets: int = 0
+    step_s: list[float] = field(default_factory=list)      # the length of a fine-tuning step, per finetune() call
     num_calls: dict[str, int] = field(default_factory=dict)  # method -> calls so far, failed ones included
 
-    def sample(self, prompts, cfg, seed=0, adapters=None, stop=None) -> SampleResult:
+    def sample(self, prompts, cfg, seed=0, adapters=None, stop=None, stop_at=None) -> SampleResult:
         self._maybe_fail("sample")
         self.stops.append(stop)
         self.sampled.append(len(prompts))
         self.sampled_adapters.append(list(adapters) if adapters is not None else [0] * len(prompts))
         self.prompts += prompts
-        if self.clock is not None:
-            self.clock.advance(self.sample_s)
+        total, kept = len(prompts) * cfg.num_samples, len(prompts) * cfg.num_samples
+        if self.clock is not None:  # the samples finish one after another over sample_s; stop_at ends the call
+            start = self.clock.now
+            if stop_at is not None and start + self.sample_s > stop_at:
+                kept = max(0, int(total * (stop_at - start) / self.sample_s)) if self.sample_s else total
+            self.clock.advance(self.sample_s if kept == total else max(0.0, stop_at - start))
         seeds = seed if isinstance(seed, list) else [seed + i for i in range(len(prompts))]
         out = []
         for p, prompt_seed in zip(prompts, seeds, strict=True):
             text = p.messages[-1]["content"] if isinstance(p, ChatPrompt) else p
             script = self.scripts[text.count("\nExample ")]
-            out.append([Completion(script[(prompt_seed + i) % len(script)], 10, "stop")
-                        for i in range(cfg.num_samples)])
+            drawn = min(cfg.num_samples, max(0, kept - len(out) * cfg.num_samples))  # prompt by prompt
+            out.append([Completion(script[(prompt_seed + i) % len(script)], 10, "stop") for i in range(drawn)])
         stats = SampleStats(num_prompts=len(prompts), num_samples=len(prompts) * cfg.num_samples, num_batches=1,
                             num_oom_retries=0, num_prompt_tokens=0, num_output_tokens=0, prefill_s=0.0, decode_s=0.0,
                             total_s=0.0, output_tokens_per_s=0.0, peak_memory_gb=0.0)
         return SampleResult(out, stats)
 
-    def finetune(self, examples, cfg, seed=0, adapter=0):
+    def finetune(self, examples, cfg, seed=0, adapter=0, stop_at=None):
         self._maybe_fail("finetune")
         self.finetuned.append(list(examples))
         self.finetuned_adapters.append(adapter)
-        if self.clock is not None:
-            self.clock.advance(self.finetune_s)
+        if self.clock is not None:  # finetune_s in equal steps, none started at or after stop_at
+            num_steps = cfg.num_epochs * -(-len(examples) // cfg.examples_per_step)
+            self.step_s.append(self.finetune_s / max(num_steps, 1))
+            for _ in range(num_steps):
+                if stop_at is not None and self.clock.now >= stop_at:
+                    break
+                self.clock.advance(self.finetune_s / num_steps)
 
     def reset(self, adapter=None):
         self.num_resets += 1

@@ -57,3 +57,42 @@ def test_demo_and_solve_have_the_same_flags_with_their_own_defaults():
     demo, solve = ({a.dest: a.default for a in subcommands[name]._actions} for name in ("demo", "solve"))
     assert demo.keys() == solve.keys()
     assert solve["prompt_format"] == "barc" and demo["prompt_format"] == "toy"
+
+
+def test_a_deadline_margin_that_leaves_nothing_is_refused_in_one_line(capsys):
+    assert main(["solve", "--deadline-s", "20"]) == 2  # the default margin is 60 s
+    err = capsys.readouterr().err
+    assert err.startswith("arcsl solve: error: --deadline-margin-s 60 leaves nothing of --deadline-s 20") and \
+        len(err.splitlines()) == 1
+
+
+def test_the_deadline_clock_starts_when_the_process_started():
+    script = ("import time; time.sleep(1.5); from arcsl.cli import process_started; "
+              "print(time.monotonic() - process_started())")
+    age = float(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout)
+    assert 1.5 <= age < 60  # the sleep and the imports count
+
+
+def test_a_model_that_cannot_be_loaded_is_one_line_before_anything_is_written(tmp_path, capsys, monkeypatch):
+    import huggingface_hub
+    import huggingface_hub.constants as hub_constants
+
+    out = tmp_path / "out"
+    (tmp_path / "empty").mkdir()
+    offline = "nobody/no-such-model"
+    cases = [(str(tmp_path / "missing"), "no such model folder (a hub id has the form owner/name)"), (str(tmp_path / "empty"), "this folder has no config.json (not a Hugging Face model folder)"),
+             (offline, "not in the Hugging Face cache, and HF_HUB_OFFLINE is set")]
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    for model, problem in cases:
+        assert main(["solve", "--model", model, "--output-dir", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err == f"arcsl solve: error: --model {model}: {problem}\n"
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", False)
+
+    def unreachable(name, timeout):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(huggingface_hub, "model_info", unreachable)
+    assert main(["solve", "--model", offline, "--output-dir", str(out)]) == 2
+    assert "the hub cannot be reached (OSError: Name or service not known)" in capsys.readouterr().err
+    assert not out.exists()

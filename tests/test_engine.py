@@ -370,3 +370,40 @@ def test_a_loaded_adapter_is_never_sampled_with_the_values_it_replaced(tokenizer
         mixed = engine.sample(prompts, cfg, adapters=[0, 1]).completions
         assert mixed[0] == mixed[1] == after[0]
         engine.finetune([(OTHER_PROMPT, "no")] * 5, TRAIN, adapter=1)  # adapter 1 differs again for the next pass
+
+
+def test_sampling_ends_at_stop_at_without_the_samples_it_had_not_finished(tokenizer, monkeypatch):
+    import time
+
+    import arcsl.engine.hf
+    import arcsl.engine.sampler
+
+    engine = tiny_engine(tokenizer)
+    engine.finetune([(PROMPT, "ok"), (OTHER_PROMPT, "ok")] * 15, TRAIN)  # its samples now end after 3 or 4 tokens
+    cfg = SamplingConfig(num_samples=4, max_new_tokens=64, max_batch_size=4)  # a batch per prompt
+    past = engine.sample([PROMPT, OTHER_PROMPT], cfg, stop_at=0.0)  # already past: no batch starts
+    assert past.completions == [[], []] and past.stats.num_batches == 0 and past.stats.num_samples == 0
+    full = engine.sample([PROMPT, OTHER_PROMPT], cfg).completions
+
+    class Clock:  # each look at the clock takes a second: the deadline passes during the first batch
+        now = 0.0
+
+        def monotonic(self):
+            self.now += 1.0
+            return self.now
+
+        perf_counter = staticmethod(time.perf_counter)
+
+    clock = Clock()
+    monkeypatch.setattr(arcsl.engine.hf, "time", clock)
+    monkeypatch.setattr(arcsl.engine.sampler, "time", clock)
+    assert {c.num_tokens for cs in full for c in cs} <= {3, 4}  # "ok" and the end token, or so
+    for stop_at, steps in ((2.5, 2), (3.5, 3), (4.5, 4)):  # late after 2 steps (all still running), 3, 4
+        clock.now = 0.0
+        cut = engine.sample([PROMPT, OTHER_PROMPT], cfg, stop_at=stop_at)
+        assert cut.stats.num_batches == 1  # the other prompt's batch never starts
+        first = max(cut.completions, key=len)
+        assert cut.completions == [first, []] or cut.completions == [[], first]
+        uncut = full[cut.completions.index(first)]
+        assert first == [c for c in uncut if c.num_tokens <= steps]  # the finished ones, as uncut
+        assert cut.stats.num_samples == len(first)

@@ -124,6 +124,24 @@ def test_resume_skips_finished_tasks(tmp_path, dataset):
     assert summary.num_skipped == 2 and summary.num_finished == 0 and engine.sampled == []
 
 
+def test_resume_with_settings_that_change_results_is_refused_before_anything_is_written(tmp_path, dataset):
+    killed = ScriptedEngine(SCRIPTS, failures={("finetune", 1): KeyboardInterrupt()})
+    with pytest.raises(KeyboardInterrupt):
+        solve(config(tmp_path, dataset), engine=killed)
+    written = (tmp_path / "run" / "config.json").read_text()
+    changed = config(tmp_path, dataset, loop=dict(max_rounds=3, seed=1), resume=True)
+    with pytest.raises(ValueError, match=r"loop.max_rounds: 1 -> 3; loop.seed: 0 -> 1\. Resume with the run's"):
+        solve(changed, engine=ScriptedEngine(SCRIPTS))
+    assert (tmp_path / "run" / "config.json").read_text() == written
+    with open_store(tmp_path / "run" / "results.sqlite", resume=True) as store:
+        assert len(store.runs()) == 1 and store.task_status("3c9b0459") == "running"
+    # what does not change a task's results may change: the deadline, the workers, the progress display...
+    same = config(tmp_path, dataset, resume=True, deadline_s=1e6, deadline_margin_s=5.0, progress=True)
+    summary = solve(dataclasses.replace(same, sandbox=SandboxConfig(sandbox_workers=1, timeout_s=2.0)),
+                    engine=ScriptedEngine(SCRIPTS))
+    assert summary.num_skipped == 1 and summary.num_finished == 1
+
+
 def test_resume_starts_an_interrupted_task_over(tmp_path, dataset, tasks):
     killed = ScriptedEngine(SCRIPTS, failures={("finetune", 1): KeyboardInterrupt()})  # in the second task's round 1
     with pytest.raises(KeyboardInterrupt):
@@ -424,6 +442,20 @@ def test_the_deadline_holds_with_tasks_in_flight(tmp_path, five_dataset, clock, 
     assert list(rounds_per_task(tmp_path, task_ids).values()) == rounds and given == max_rounds
     assert clock.now - started <= deadline_s
     assert summary.num_finished == sum(r > 0 for r in rounds)
+
+
+@pytest.mark.parametrize("deadline_s", [5.0, 60.0, 75.0, 200.0])
+def test_the_deadline_holds_with_tasks_in_flight_whose_fine_tuning_takes_time(tmp_path, five_dataset, clock,
+                                                                            deadline_s):
+    # 4 tasks in flight, a search of 10 s and 20 s of fine-tuning per task: a learning round takes 90 s,
+    # 9 times the search round before it (the round that ran 19 s past a 20 s deadline on the demo); with 5 s,
+    # the first search itself does not fit
+    started = clock.now
+    engine = ScriptedEngine(FIVE_SCRIPTS, clock=clock, sample_s=10.0, finetune_s=20.0, num_adapters=4)
+    solve(in_flight_config(tmp_path, five_dataset, FIVE_IDS, 4, max_rounds=3, stop="never",
+                           run=dict(deadline_s=deadline_s, deadline_margin_s=0.0)), engine=engine)
+    assert clock.now - started <= deadline_s + max(engine.step_s, default=0.0)  # late by a fine-tuning step at most
+    assert sum(rounds_per_task(tmp_path, FIVE_IDS).values()) >= 4 + (deadline_s >= 75)  # the time was used
 
 
 def test_every_flag_the_readme_names_for_solve_exists(capsys):

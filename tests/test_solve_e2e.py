@@ -63,16 +63,16 @@ class ProgramWriter:
         self.num_adapters = engine.num_adapters
         self.sampled_adapters, self.finetuned_adapters = [], []  # per call
 
-    def sample(self, prompts, cfg, seed=0, adapters=None, stop=None):
+    def sample(self, prompts, cfg, seed=0, adapters=None, stop=None, stop_at=None):
         self.sampled_adapters.append(adapters)
-        result = self.engine.sample(prompts, cfg, seed, adapters, stop)
+        result = self.engine.sample(prompts, cfg, seed, adapters, stop, stop_at)
         return replace(result, completions=[[replace(c, text=IDENTITY + c.text) for c in cs]
                                             for cs in result.completions])
 
-    def finetune(self, examples, cfg, seed=0, adapter=0):
+    def finetune(self, examples, cfg, seed=0, adapter=0, stop_at=None):
         self.num_finetunes += 1
         self.finetuned_adapters.append(adapter)
-        return self.engine.finetune(examples, cfg, seed, adapter)
+        return self.engine.finetune(examples, cfg, seed, adapter, stop_at)
 
     def reset(self, adapter=None):
         self.engine.reset(adapter)

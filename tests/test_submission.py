@@ -144,3 +144,21 @@ def test_a_run_recorded_in_the_store_scores_in_the_submission_as_its_solved_at_2
         submission = build_submission(tasks, store.predictions())
     scores = score_submission(parse_submission(submission, "s"), tasks)
     assert solved == {"bbbb0002": 0.5} and [s.score for s in scores] == [0.0, 0.5]
+
+
+def test_score_refuses_a_submission_that_validation_rejects(kaggle_files, tmp_path, capsys):
+    answers = {"aaaa0001": [[G([[0, 5, 5]]), G([[0]])]], "bbbb0002": [[G([[7, 7]]), G([[0]])], [G([[9]]), G([[0]])]]}
+    good = build_submission(load_tasks(str(kaggle_files)).tasks, answers)
+    two_entries = good | {"aaaa0001": good["aaaa0001"] * 2}  # two entries for its one test input
+    extra_task = good | {"cccc0003": good["aaaa0001"]}
+    for bad, problem in ((two_entries, "task aaaa0001: entries: 2 entries for 1 test inputs"),
+                         (extra_task, "task cccc0003: task: not in the challenges")):
+        (tmp_path / "s.json").write_text(json.dumps(bad))
+        assert main(["score", str(tmp_path / "s.json"), "--dataset", str(kaggle_files)]) == 1
+        out = capsys.readouterr().out
+        assert problem in out and "1 problems" in out and "not scored" in out and "score 100" not in out
+        assert main(["score", str(tmp_path / "s.json"), "--dataset", str(kaggle_files), "--no-validate"]) == 0
+        assert "score 100.00%" in capsys.readouterr().out
+    (tmp_path / "s.json").write_text(json.dumps(extra_task))  # scoring a selection: other tasks are no problem
+    assert main(["score", str(tmp_path / "s.json"), "--dataset", str(kaggle_files), "--task-ids", "aaaa0001"]) == 0
+    assert "score 100.00%: 1.00 of 1 tasks" in capsys.readouterr().out

@@ -56,7 +56,8 @@ def test_solve_without_flags_uses_the_defaults_its_help_shows(monkeypatch, capsy
     import arcsl.solve
 
     seen = []
-    monkeypatch.setattr(arcsl.solve, "solve", lambda cfg, fmt: seen.append(cfg))
+    monkeypatch.setattr(arcsl.solve, "solve", lambda cfg, fmt, started=None: seen.append(cfg))
+    monkeypatch.setattr(cli.catalog, "check_model", lambda name: None)  # the hub is not reachable from tests
     assert cli.main(["solve"]) == 0
     assert seen == [SolveConfig()]
     with pytest.raises(SystemExit):
@@ -105,3 +106,12 @@ def test_a_wheel_carries_the_shipped_model_and_tasks_and_runs_the_demo_outside_t
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.startswith(str(site / "arcsl"))
     assert "| stripes-8 |" in (tmp_path / "out" / "comparison.md").read_text()
+
+
+def test_a_task_one_arm_did_not_reach_shows_as_not_reached():
+    from arcsl.toy.demo import ArmResult, comparison_table
+
+    a, b = ArmResult("a", True, 1.0, 8), ArmResult("b", False, 0.5, 16)
+    table = comparison_table([(a, ArmResult("a", False, 0.2, 16)), (b, None), (None, ArmResult("c", True, 1.0, 16))])
+    assert "| b | no (0.500, 16 programs) | not reached |" in table and "| c | not reached | **solved**" in table
+    assert "| **solved** | **1 / 3** | **1 / 3** |" in table

@@ -102,7 +102,8 @@ def test_sigterm_stops_every_worker_and_resume_with_one_worker_finishes_the_run(
     import time
 
     out = tmp_path / "run"
-    args = solve_args(model_dir, out, 2, "--max-new-tokens", "400", "--max-rounds", "3")
+    settings = ["--max-new-tokens", "400", "--max-rounds", "3"]
+    args = solve_args(model_dir, out, 2, *settings)
     repo = str(Path(arcsl.workers.__file__).parents[1])  # this checkout's arcsl, whatever is installed
     run = subprocess.Popen([sys.executable, "-c", f"import sys; from arcsl.cli import main; sys.exit(main({args!r}))"],
                            stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=os.environ | {"PYTHONPATH": repo})
@@ -115,7 +116,8 @@ def test_sigterm_stops_every_worker_and_resume_with_one_worker_finishes_the_run(
     err = run.stderr.read()
     assert "stopped by SIGTERM" in err and "Traceback" not in err
     assert not _children(run.pid)  # no worker (or sandbox) process outlives the run
-    assert main(solve_args(model_dir, out, 1, "--resume")) == 0
+    assert not [f.name for f in out.iterdir() if f.name.endswith(("-wal", "-shm"))]  # the store checkpointed, closed
+    assert main(solve_args(model_dir, out, 1, *settings, "--resume")) == 0  # with the run's settings
     assert set(stored(out)) == {t.id for t in TASKS}
 
 

@@ -114,9 +114,10 @@ class Finetuner:
         optimizer.zero_grad(set_to_none=True)
         self.num_steps[adapter] = 0
 
-    def run(self, seqs: list[Tokenized], cfg: FinetuneConfig, seed: int, adapter: int = 0) -> FinetuneStats:
+    def run(self, seqs: list[Tokenized], cfg: FinetuneConfig, seed: int, adapter: int = 0,
+            stop_at: float | None = None) -> FinetuneStats:
         """Trains `adapter` (the model's active one) on `seqs` for `cfg.num_epochs` epochs; the order is
-        shuffled with `seed`."""
+        shuffled with `seed`. No step starts at or after `stop_at` (time.monotonic(): a deadline)."""
         kept = [s for s in seqs if len(s[0]) <= cfg.max_seq_len]
         if not kept:
             shortest = min(len(ids) for ids, _ in seqs)
@@ -131,12 +132,15 @@ class Finetuner:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         start, losses = time.perf_counter(), []
+        num_planned = cfg.num_epochs * -(-len(kept) // cfg.examples_per_step)
         try:
             for _ in range(cfg.num_epochs):
                 order = rng.sample(kept, len(kept))
                 for i in range(0, len(order), cfg.examples_per_step):
+                    if stop_at is not None and time.monotonic() >= stop_at:
+                        break
                     losses.append(self._step(order[i:i + cfg.examples_per_step], cfg, adapter))
-            losses = torch.stack(losses).tolist()  # one host sync for the whole call
+            losses = torch.stack(losses).tolist() if losses else []  # one host sync for the whole call
         finally:
             self.lm.eval()
             self._set_checkpointing(False)
@@ -148,7 +152,8 @@ class Finetuner:
             losses=losses, seconds=seconds, examples_per_s=cfg.num_epochs * len(kept) / seconds,
             tokens_per_s=num_tokens / seconds,
             peak_memory_gb=torch.cuda.max_memory_allocated(self.device) / 1e9 if self.device.type == "cuda" else 0.0,
-            num_checkpointed=self.counts["checkpointed"], num_oom_retries=self.counts["oom_retries"])
+            num_checkpointed=self.counts["checkpointed"], num_oom_retries=self.counts["oom_retries"],
+            num_steps_skipped=num_planned - len(losses))
 
     def _step(self, seqs: list[Tokenized], cfg: FinetuneConfig, adapter: int) -> torch.Tensor:
         """One optimizer step over `seqs`; on out of memory, the step starts again with less memory use."""

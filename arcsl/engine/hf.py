@@ -141,12 +141,15 @@ class HFEngine:
     # --- sampling -----------------------------------------------------------------------------------
 
     def sample(self, prompts: Sequence[Prompt], cfg: SamplingConfig, seed: int | Sequence[int] = 0,
-               adapters: Sequence[int] | None = None, stop: StopRule | None = None) -> SampleResult:
+               adapters: Sequence[int] | None = None, stop: StopRule | None = None,
+               stop_at: float | None = None) -> SampleResult:
         """`cfg.num_samples` completions per prompt, prompt i through adapter `adapters[i]` (None: adapter 0),
         each ending at an end token, where `stop` says, or at `cfg.max_new_tokens`. Prompt i's samples draw
         from its own seed (`seed[i]`, or `seed + i` for one int), so a prompt, its seed and its adapter give the
         same texts whichever prompts share the call (up to the arithmetic of other batch shapes on a GPU).
-        Prompts of different adapters share batches; greedy texts are those of each adapter's prompts alone."""
+        Prompts of different adapters share batches; greedy texts are those of each adapter's prompts alone.
+        From `stop_at` (time.monotonic(): a deadline) on, no batch starts and the samples still running are
+        dropped: a prompt may then get fewer samples, or none."""
         start = time.perf_counter()
         if stop is not None and not cfg.ignore_eos and self.codec.tokenizer is None:
             raise ValueError("a stop rule reads text, and this engine has no tokenizer")
@@ -162,15 +165,16 @@ class HFEngine:
                 self._prepare_weights(adapters, cfg.merge_lora)
                 self._sync()
                 merge_s = time.perf_counter() - merge_start
-            rows, timing = self._sample_ids(ids, adapters, cfg, generators, None if cfg.ignore_eos else stop)
+            rows, timing = self._sample_ids(ids, adapters, cfg, generators, None if cfg.ignore_eos else stop,
+                                            stop_at)
         finally:
             if self.weights is not None and self.weights.is_merged:
                 self.weights.restore()  # asynchronous on a GPU: overlaps with what the caller does next
-        completions = [self._completions(r) for r in rows]
+        completions = [self._completions([x for x in r if x.finish_reason != "deadline"]) for r in rows]
         total = time.perf_counter() - start
         num_output = sum(c.num_tokens for cs in completions for c in cs)
         stats = SampleStats(
-            num_prompts=len(prompts), num_samples=len(prompts) * cfg.num_samples, num_batches=timing["batches"],
+            num_prompts=len(prompts), num_samples=sum(map(len, completions)), num_batches=timing["batches"],
             num_oom_retries=timing["ooms"], num_prompt_tokens=timing["prompt_tokens"], num_output_tokens=num_output,
             prefill_s=timing["prefill"], decode_s=timing["decode"], total_s=total,
             output_tokens_per_s=num_output / total, peak_memory_gb=self._peak_memory_gb(),
@@ -198,16 +202,18 @@ class HFEngine:
         return list(adapters)
 
     def _sample_ids(self, ids: list[list[int]], adapters: list[int], cfg: SamplingConfig,
-                    generators: list[torch.Generator], stop: StopRule | None) -> tuple[list[list[RowState]], dict]:
+                    generators: list[torch.Generator], stop: StopRule | None,
+                    stop_at: float | None) -> tuple[list[list[RowState]], dict]:
         rows: list[list[RowState]] = [[] for _ in ids]
         lengths = [len(p) for p in ids]
         work = initial_work(lengths, cfg.num_samples)
         timing = {"prefill": 0.0, "decode": 0.0, "capture": 0.0, "prompt_tokens": 0, "batches": 0, "ooms": 0}
-        while work:
+        while work and (stop_at is None or time.monotonic() < stop_at):
             batch, per_prompt, rest = next_batch(work, lengths, cfg.max_new_tokens, self.shape, self._limits(cfg))
             try:
                 results = self._run_batch([ids[i] for i in batch], [adapters[i] for i in batch], per_prompt, cfg,
-                                          PromptNoise([generators[i] for i in batch], per_prompt), stop, timing)
+                                          PromptNoise([generators[i] for i in batch], per_prompt), stop, timing,
+                                          stop_at)
             except torch.OutOfMemoryError:
                 results = None
             if results is None:  # outside the except block, so the failed batch's tensors are freed
@@ -244,7 +250,7 @@ class HFEngine:
             torch.cuda.empty_cache()
 
     def _run_batch(self, prompts: list[list[int]], adapters: list[int], per_prompt: int, cfg: SamplingConfig,
-                   noise: PromptNoise, stop: StopRule | None, timing: dict) -> list[RowState]:
+                   noise: PromptNoise, stop: StopRule | None, timing: dict, stop_at: float | None) -> list[RowState]:
         if self.is_fast:
             need = batch_bytes(self.shape, len(prompts), per_prompt, max(map(len, prompts)), cfg.max_new_tokens, True)
             available = (lambda: SAFETY * self.memory.available()) if self.memory else (lambda: float("inf"))
@@ -259,7 +265,7 @@ class HFEngine:
         self._sync()
         prefilled = time.perf_counter()
         stop_ids = [] if cfg.ignore_eos else self.codec.stop_ids
-        rows = generate(decoder, logits, cfg, stop_ids, noise, self.codec.tokenizer, stop)
+        rows = generate(decoder, logits, cfg, stop_ids, noise, self.codec.tokenizer, stop, stop_at)
         capture = decoder.capture_s - captured
         timing["prefill"] += prefilled - start
         timing["decode"] += time.perf_counter() - prefilled - capture
@@ -275,11 +281,11 @@ class HFEngine:
 
     # --- fine-tuning --------------------------------------------------------------------------------
 
-    def finetune(self, examples: Sequence[Example], cfg: FinetuneConfig, seed: int = 0,
-                 adapter: int = 0) -> FinetuneStats:
+    def finetune(self, examples: Sequence[Example], cfg: FinetuneConfig, seed: int = 0, adapter: int = 0,
+                 stop_at: float | None = None) -> FinetuneStats:
         """Trains `adapter`'s LoRA on (prompt, completion) pairs; the loss covers the completion and its end
         token. The adapter's optimizer state carries over between calls until its `reset`; other adapters
-        are untouched."""
+        are untouched. No step starts at or after `stop_at` (time.monotonic())."""
         self.versions.check(adapter)
         if not examples:
             raise ValueError("finetune needs at least one example")
@@ -287,7 +293,7 @@ class HFEngine:
         self._sync()  # the base weights' restore after sampling, if still running, is waited for here, untimed
         self._activate(adapter)
         self.versions.changed(adapter)  # before training: an interrupted call leaves no cache believing the old values
-        return self.finetuner.run(seqs, cfg, seed, adapter)
+        return self.finetuner.run(seqs, cfg, seed, adapter, stop_at)
 
     def reset(self, adapter: int | None = None) -> None:
         """`adapter`'s LoRA (None: every adapter's) back to its initial values, in place, and its optimizer

@@ -450,12 +450,14 @@ class RowState:
 
 
 def generate(decoder, logits: torch.Tensor, cfg: SamplingConfig, stop_ids: list[int],
-             noise: PromptNoise | None, tokenizer, stop: StopRule | None = None) -> list[RowState]:
+             noise: PromptNoise | None, tokenizer, stop: StopRule | None = None,
+             stop_at: float | None = None) -> list[RowState]:
     """Samples from the prefilled `decoder` (`logits`: its first-token logits) until every row has stopped
     or has `cfg.max_new_tokens`; returns one finished `RowState` per row.
 
     Stops: a token in `stop_ids` (EOS, end of turn; not part of the text), or `stop` answering for the text
-    so far (the text is cut where it says). `tokenizer` is needed only for `stop`.
+    so far (the text is cut where it says). `tokenizer` is needed only for `stop`. At `stop_at`
+    (time.monotonic(), read after every step) the rows still running end with finish_reason "deadline".
     """
     rows = [RowState() for _ in range(decoder.num_rows)]
     out = torch.zeros(decoder.num_rows, cfg.max_new_tokens, dtype=torch.long, device=logits.device)
@@ -464,11 +466,17 @@ def generate(decoder, logits: torch.Tensor, cfg: SamplingConfig, stop_ids: list[
     for step in range(cfg.max_new_tokens):
         out[live, step] = pick_tokens(logits, cfg.temperature, cfg.top_p, noise)
         done = step + 1
-        if done == cfg.max_new_tokens or done % CHECK_EVERY == 0:
+        late = stop_at is not None and time.monotonic() >= stop_at  # a host clock read: no sync
+        if late or done == cfg.max_new_tokens or done % CHECK_EVERY == 0:
             new = out[:, checked:done].tolist()  # the only host sync: once per CHECK_EVERY steps
             _check_stops(rows, new, checked, set(stop_ids), stop, tokenizer)
             checked = done
             if all(r.end is not None for r in rows):
+                break
+            if late:
+                for row in rows:
+                    if row.end is None:
+                        row.finish_reason = "deadline"
                 break
             if decoder.can_narrow:
                 live = _drop_stopped_prompts(decoder, rows, live, noise)

@@ -80,6 +80,7 @@ class FinetuneStats:
     peak_memory_gb: float  # 0 on CPU
     num_checkpointed: int = 0  # micro-batches run with gradient checkpointing, all epochs
     num_oom_retries: int = 0  # steps started again after running out of memory
+    num_steps_skipped: int = 0  # steps not taken because `stop_at` came first
 
 
 class Engine(Protocol):
@@ -91,14 +92,19 @@ class Engine(Protocol):
     num_adapters: int
 
     def sample(self, prompts: Sequence[Prompt], cfg: SamplingConfig, seed: int | Sequence[int] = 0,
-               adapters: Sequence[int] | None = None, stop: StopRule | None = None) -> SampleResult:
+               adapters: Sequence[int] | None = None, stop: StopRule | None = None,
+               stop_at: float | None = None) -> SampleResult:
         """`cfg.num_samples` completions of each prompt, prompt i through adapter `adapters[i]` (None: all
         through adapter 0), each ending at an end token, at `stop`'s answer or at `cfg.max_new_tokens`.
-        Prompt i draws from its own seed (`seed[i]`, or `seed + i` for one int), not from its neighbours'."""
+        Prompt i draws from its own seed (`seed[i]`, or `seed + i` for one int), not from its neighbours'.
+        At `stop_at` (time.monotonic(): a deadline) the call ends soon after, without the samples it had not
+        finished: a prompt may then get fewer than `cfg.num_samples`, or none."""
 
-    def finetune(self, examples: Sequence[Example], cfg: FinetuneConfig, seed: int = 0,
-                 adapter: int = 0) -> FinetuneStats:
-        """Trains `adapter` on (prompt, completion) pairs; its training state carries over until its `reset`."""
+    def finetune(self, examples: Sequence[Example], cfg: FinetuneConfig, seed: int = 0, adapter: int = 0,
+                 stop_at: float | None = None) -> FinetuneStats:
+        """Trains `adapter` on (prompt, completion) pairs; its training state carries over until its `reset`.
+        No optimizer step starts at or after `stop_at` (time.monotonic(); a deadline), so a call ends at most
+        one step after it."""
 
     def reset(self, adapter: int | None = None) -> None:
         """`adapter` (None: every adapter) back to its initial values with a fresh optimizer (between tasks)."""

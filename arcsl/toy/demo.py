@@ -123,8 +123,10 @@ def search_only(cfg: SolveConfig) -> SolveConfig:
     return replace(cfg, loop=loop)
 
 
-def compare(cfg: SolveConfig, prompt_format: PromptFormat, engine=None) -> list[tuple[ArmResult, ArmResult]]:
+def compare(cfg: SolveConfig, prompt_format: PromptFormat,
+            engine=None) -> list[tuple[ArmResult | None, ArmResult | None]]:
     """Run search-and-learn then search alone into two sub-folders of cfg.run.output_dir; print the table.
+    A row per task either arm finished; None where the other arm did not (its deadline came first).
 
     Args:
         prompt_format: the format cfg.loop.prompt_format names (TOY_FORMAT for the demo's settings).
@@ -143,7 +145,9 @@ def compare(cfg: SolveConfig, prompt_format: PromptFormat, engine=None) -> list[
         arm_cfg = replace(arm_cfg, run=replace(cfg.run, output_dir=str(out / name)))
         solve(arm_cfg, prompt_format, engine=engine)
         arms[name] = _arm_results(out / name)
-    rows = [(arms["search-and-learn"][k], arms["search-only"][k]) for k in arms["search-and-learn"]]
+    learn, alone = arms["search-and-learn"], arms["search-only"]
+    # a deadline can leave an arm short of some tasks: those show as not reached
+    rows = [(learn.get(k), alone.get(k)) for k in list(learn) + [k for k in alone if k not in learn]]
     table = comparison_table(rows)
     print("\n" + table)
     (out / "comparison.md").write_text(table + "\n")
@@ -161,17 +165,22 @@ def _arm_results(run_dir: Path) -> dict[str, ArmResult]:
                                      s.n_preds) for s in scores}
 
 
-def comparison_table(rows: list[tuple[ArmResult, ArmResult]]) -> str:
-    """Markdown: per task, solved and best train score under each arm, then the totals."""
+def comparison_table(rows: list[tuple[ArmResult | None, ArmResult | None]]) -> str:
+    """Markdown: per task, solved and best train score under each arm ("not reached" where the arm did not
+    finish it), then the totals over all the rows."""
     lines = ["| task | search-and-learn | search only |", "|---|---|---|"]
 
-    def cell(r: ArmResult) -> str:
+    def cell(r: ArmResult | None) -> str:
+        if r is None:
+            return "not reached"
         return f"{'**solved**' if r.solved else 'no'} ({r.best_train_score:.3f}, {r.num_programs} programs)"
 
+    def solved(arm: int) -> int:
+        return sum(row[arm] is not None and row[arm].solved for row in rows)
+
     for learn, alone in rows:
-        lines.append(f"| {learn.task_id} | {cell(learn)} | {cell(alone)} |")
-    lines.append(f"| **solved** | **{sum(a.solved for a, _ in rows)} / {len(rows)}** | "
-                 f"**{sum(b.solved for _, b in rows)} / {len(rows)}** |")
+        lines.append(f"| {(learn or alone).task_id} | {cell(learn)} | {cell(alone)} |")
+    lines.append(f"| **solved** | **{solved(0)} / {len(rows)}** | **{solved(1)} / {len(rows)}** |")
     return "\n".join(lines)
 
 
