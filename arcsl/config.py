@@ -76,6 +76,12 @@ class ModelConfig:
         "help": "GPU memory this engine may use, GB (GiB); the process is capped there, sampling batches are "
                 "planned within it and fine-tuning checkpoints what would not fit, so that e.g. 24 on a bigger GPU "
                 "behaves as a 24 GB card; 0 = all of the GPU"})
+    adapter: str = field(default="", metadata={
+        "help": "a saved LoRA adapter (peft folder, e.g. from arcsl finetune) every task starts from, and returns "
+                "to between tasks, instead of zero; it must have this run's LoRA settings (--lora-rank ...)"})
+    merge_adapter: bool = field(default=False, metadata={
+        "help": "merge --adapter into the base weights at load instead: each task's LoRA then starts from zero "
+                "on top of it, at the fast path's full speed, and any adapter rank will do"})
     num_adapters: int = field(default=1, metadata={
         "help": "LoRA adapters the engine holds, each trained on its own and all starting from the same values; "
                 "one sampling call can decode prompts of several adapters in one batch"})
@@ -93,6 +99,8 @@ class ModelConfig:
             raise ValueError(f"lora_alpha must be > 0, got {self.lora_alpha}")
         if not 0 <= self.lora_dropout < 1:
             raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.merge_adapter and not self.adapter:
+            raise ValueError("--merge-adapter needs --adapter DIR (the adapter to merge)")
         if not self.lora_targets.strip(", "):
             raise ValueError(f"lora_targets must be all-linear, attention or module names; got {self.lora_targets!r}")
 

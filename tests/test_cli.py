@@ -95,4 +95,7 @@ def test_a_model_that_cannot_be_loaded_is_one_line_before_anything_is_written(tm
     monkeypatch.setattr(huggingface_hub, "model_info", unreachable)
     assert main(["solve", "--model", offline, "--output-dir", str(out)]) == 2
     assert "the hub cannot be reached (OSError: Name or service not known)" in capsys.readouterr().err
+    model = Path(__file__).parents[1] / "arcsl" / "toy" / "shipped_model"
+    assert main(["solve", "--model", str(model), "--adapter", str(tmp_path), "--output-dir", str(out)]) == 2
+    assert "no adapter_model.safetensors there" in capsys.readouterr().err
     assert not out.exists()

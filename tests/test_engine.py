@@ -407,3 +407,34 @@ def test_sampling_ends_at_stop_at_without_the_samples_it_had_not_finished(tokeni
         uncut = full[cut.completions.index(first)]
         assert first == [c for c in uncut if c.num_tokens <= steps]  # the finished ones, as uncut
         assert cut.stats.num_samples == len(first)
+
+
+def test_every_adapter_starts_from_a_saved_adapter_and_reset_returns_to_it(tokenizer, tmp_path):
+    greedy = replace(GREEDY, num_samples=1)
+    trained = tiny_engine(tokenizer)
+    trained.finetune([(PROMPT, COMPLETION)] * 30, TRAIN)
+    trained.save_adapter(tmp_path / "start")
+    [[learned]] = trained.sample([PROMPT], greedy).completions
+    assert learned.text != greedy_texts(tiny_engine(tokenizer))[0][0]  # training changed what greedy writes
+    engine = tiny_engine(tokenizer, adapter=str(tmp_path / "start"), num_adapters=2)
+    for adapter in (0, 1):
+        assert engine.sample([PROMPT], greedy, adapters=[adapter]).completions == [[learned]]
+    engine.finetune([(PROMPT, "ok")] * 20, TRAIN, adapter=1)
+    assert engine.sample([PROMPT], greedy, adapters=[1]).completions != [[learned]]
+    engine.reset(1)
+    assert engine.sample([PROMPT], greedy, adapters=[1]).completions == [[learned]]  # back to the saved adapter
+    merged = tiny_engine(tokenizer, adapter=str(tmp_path / "start"), merge_adapter=True)
+    assert merged.initial_lora_is_zero  # its own LoRA starts from zero, on the merged weights
+    assert merged.sample([PROMPT], greedy).completions == [[learned]]
+
+
+def test_a_saved_adapter_of_other_lora_settings_is_refused_unless_merged(tokenizer, tmp_path):
+    tiny_engine(tokenizer).save_adapter(tmp_path / "r8")
+    with pytest.raises(ValueError, match=r"its LoRA settings differ: r 8 \(this run: 4\)"):
+        HFEngine(tiny_llama(tokenizer), tokenizer, ModelConfig(model="tiny", lora_rank=4, adapter=str(tmp_path / "r8")))
+    HFEngine(tiny_llama(tokenizer), tokenizer, ModelConfig(model="tiny", lora_rank=4, adapter=str(tmp_path / "r8"),
+                                                           merge_adapter=True))
+    with pytest.raises(ValueError, match="no adapter_model.safetensors there"):
+        tiny_engine(tokenizer, adapter=str(tmp_path))
+    with pytest.raises(ValueError, match="--merge-adapter needs --adapter"):
+        ModelConfig(merge_adapter=True)

@@ -18,12 +18,14 @@ What is covered: `load_engine` (hub id or local path; bf16 on GPU, fp32 on CPU; 
 weights on GPU); sampling in planned batches, the row cap halved on out-of-memory and the batch
 retried; several adapters (`ModelConfig.num_adapters`, one per task searched together), each fine-tuned,
 reset, saved and loaded on its own, and one `sample` call decoding prompts of different adapters in one
-batch; adapters saved and loaded as peft safetensors.
+batch; adapters saved and loaded as peft safetensors; a saved adapter as every adapter's starting point
+(`ModelConfig.adapter`: reset returns to it), or merged into the base weights (`merge_adapter`).
 
 What is not covered: training several adapters in one step, multi-GPU models. DoRA, LoRA biases and 4-bit
 base weights sample through the model's own forward (`CacheDecoder`), which is slower.
 """
 
+import json
 import numbers
 import time
 from collections.abc import Sequence
@@ -70,6 +72,42 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _adapter_weights(path: str | Path, device: torch.device) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    file = Path(path) / "adapter_model.safetensors"
+    if not file.is_file():
+        raise ValueError(f"--adapter {path}: no adapter_model.safetensors there (a peft adapter folder, as "
+                         "arcsl finetune or save_adapter writes)")
+    return load_file(str(file), device=str(device))
+
+
+def _set_adapter(model, weights: dict[str, torch.Tensor], name: str, path: str | Path) -> None:
+    """Copies a saved adapter's weights into the model's adapter `name`; refuses one of another shape."""
+    from peft.utils import set_peft_model_state_dict
+
+    try:
+        result = set_peft_model_state_dict(model, weights, adapter_name=name)
+    except RuntimeError as e:  # a size mismatch: another rank
+        raise ValueError(f"adapter at {path} does not fit this model's LoRA (another --lora-rank?): "
+                         f"{str(e).splitlines()[-1][:200]}") from None
+    if result.unexpected_keys:
+        raise ValueError(f"adapter at {path} does not match this model's LoRA (other --lora-targets?): "
+                         f"{result.unexpected_keys[:3]} ...")
+
+
+def _check_adapter_config(path: str | Path, cfg: ModelConfig) -> None:
+    """A saved adapter must have the LoRA settings of this run to start its adapters from it (its scale would
+    differ otherwise); merged into the base weights, any adapter does."""
+    file = Path(path) / "adapter_config.json"
+    saved = json.loads(file.read_text()) if file.is_file() else {}
+    ours = {"r": cfg.lora_rank, "lora_alpha": cfg.lora_alpha, "use_rslora": cfg.use_rslora, "use_dora": cfg.use_dora}
+    differ = [f"{k} {saved.get(k)!r} (this run: {v!r})" for k, v in ours.items() if saved.get(k, v) != v]
+    if differ:
+        raise ValueError(f"--adapter {path}: its LoRA settings differ: {', '.join(differ)}; give this run the same "
+                         "--lora-rank/--lora-alpha/--use-rslora/--use-dora, or --merge-adapter")
+
+
 def load_engine(cfg: ModelConfig) -> "HFEngine":
     """Loads `cfg.model` (hub id or local directory) with its tokenizer and wraps it in an `HFEngine`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -105,6 +143,10 @@ class HFEngine:
                           bias="none", task_type="CAUSAL_LM")
         self.num_adapters = cfg.num_adapters
         self.adapter_names = ["default"] + [f"adapter{k}" for k in range(1, cfg.num_adapters)]  # peft's names
+        if cfg.adapter and cfg.merge_adapter:  # into the base weights: the adapters then start from zero on it
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, cfg.adapter).merge_and_unload()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(cfg.lora_seed)
             self.model = get_peft_model(model, lora)  # LoRA weights in float32 (peft's default)
@@ -121,6 +163,10 @@ class HFEngine:
             for module in self.model.modules():
                 if isinstance(module, BaseTunerLayer):
                     module.cast_input_dtype_enabled = False
+        if cfg.adapter and not cfg.merge_adapter:  # every adapter starts from it, and reset returns to it
+            weights = _adapter_weights(cfg.adapter, self.device)
+            _check_adapter_config(cfg.adapter, cfg)
+            _set_adapter(self.model, weights, "default", cfg.adapter)
         self.codec = PromptCodec(self.lm, tokenizer)
         self.shape = ModelShape.from_config(self.lm.config)
         self.weights = DecodeWeights(self.lm, self.adapter_names) if DecodeWeights.supports(self.lm) else None
@@ -323,15 +369,10 @@ class HFEngine:
 
     def load_adapter(self, path: str | Path, adapter: int = 0) -> None:
         """Copies saved LoRA weights into `adapter` in place (same rank and targets); clears its optimizer."""
-        from peft.utils import set_peft_model_state_dict
-        from safetensors.torch import load_file
-
         self.versions.check(adapter)
-        weights = load_file(str(Path(path) / "adapter_model.safetensors"), device=str(self.device))
+        weights = _adapter_weights(path, self.device)  # its errors before anything changes
         self.versions.changed(adapter)
-        result = set_peft_model_state_dict(self.model, weights, adapter_name=self.adapter_names[adapter])
-        if result.unexpected_keys:
-            raise ValueError(f"adapter at {path} does not match this model's LoRA: {result.unexpected_keys[:3]} ...")
+        _set_adapter(self.model, weights, self.adapter_names[adapter], path)
         self.finetuner.clear_optimizer(adapter)
 
     # --- helpers ------------------------------------------------------------------------------------
