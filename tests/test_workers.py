@@ -96,14 +96,16 @@ def test_a_killed_worker_is_replaced_and_its_task_starts_over(model_dir, tmp_pat
         assert len(store.attempts(killed[0])) == 4 + 4  # its two rounds, once: the dead worker's part is gone
 
 
-def test_sigterm_stops_every_worker_and_resume_with_one_worker_finishes_the_run(model_dir, tmp_path):
+@pytest.mark.parametrize("signum, workers", [(signal.SIGTERM, 2), (signal.SIGINT, 1)])  # SIGINT: Ctrl-C
+def test_a_signal_stops_every_worker_and_resume_with_another_number_of_workers_finishes_the_run(
+        model_dir, tmp_path, signum, workers):
     import subprocess
     import sys
     import time
 
     out = tmp_path / "run"
     settings = ["--max-new-tokens", "400", "--max-rounds", "3"]
-    args = solve_args(model_dir, out, 2, *settings)
+    args = solve_args(model_dir, out, workers, *settings)
     repo = str(Path(arcsl.workers.__file__).parents[1])  # this checkout's arcsl, whatever is installed
     run = subprocess.Popen([sys.executable, "-c", f"import sys; from arcsl.cli import main; sys.exit(main({args!r}))"],
                            stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=os.environ | {"PYTHONPATH": repo})
@@ -111,13 +113,13 @@ def test_sigterm_stops_every_worker_and_resume_with_one_worker_finishes_the_run(
     while not (out / "results.sqlite").exists() or not _running_tasks(out):  # stop it with tasks in flight
         assert run.poll() is None and time.monotonic() - started < 120, run.stderr.read() if run.poll() else "slow"
         time.sleep(0.5)
-    run.send_signal(signal.SIGTERM)
-    assert run.wait(timeout=60) == 128 + signal.SIGTERM
+    run.send_signal(signum)
+    assert run.wait(timeout=60) == 128 + signum
     err = run.stderr.read()
-    assert "stopped by SIGTERM" in err and "Traceback" not in err
+    assert f"stopped by {signal.Signals(signum).name}" in err and "Traceback" not in err
     assert not _children(run.pid)  # no worker (or sandbox) process outlives the run
     assert not [f.name for f in out.iterdir() if f.name.endswith(("-wal", "-shm"))]  # the store checkpointed, closed
-    assert main(solve_args(model_dir, out, 1, *settings, "--resume")) == 0  # with the run's settings
+    assert main(solve_args(model_dir, out, 3 - workers, *settings, "--resume")) == 0  # with the run's settings
     assert set(stored(out)) == {t.id for t in TASKS}
 
 
