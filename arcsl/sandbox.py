@@ -17,31 +17,52 @@ model expects. A failure is data: `ExecutionResult.error` says which kind (`Erro
 How it works
 - Workers are fresh interpreters started by fork+exec (subprocess; what multiprocessing calls
   "spawn"). So a parent that has initialised CUDA, or maps tens of GB, is never duplicated, and
-  the memory cap applies to the worker alone. A worker imports numpy once (BLAS threads = 1),
-  compiles the DSL once, and then serves one job at a time over two pipes until the pool closes.
-  `run` keeps every worker busy and puts the results back in input order.
+  the memory cap applies to the worker alone. `run` keeps every worker busy and puts the results
+  back in input order.
+- A worker is two processes (sandbox_worker.py): a supervisor, which imports numpy, scipy.ndimage
+  and every module a program may import (BLAS threads = 1), compiles the DSL, holds the pool's two
+  pipes and never runs a program; and a child forked from it, which runs the programs, one job at
+  a time, holding only its own pipes to the supervisor.
 - Each worker runs in its own process group and session, with cwd = a scratch directory deleted
   at close, a minimal environment (no API tokens) and stdin/stdout/stderr on /dev/null.
-- Timeout, two layers: inside the worker a timer raises a BaseException in the program at the
-  deadline (cheap: the worker survives); outside, the pool SIGKILLs the worker's whole process
-  group at deadline + 0.5 s and starts a replacement, so a program that swallows that exception,
-  or hangs in C code, costs its timeout plus the grace and nothing else.
+- Timeout, two layers: the supervisor SIGKILLs the child at the deadline, replies TIMEOUT and
+  forks a fresh child; the pool SIGKILLs the worker's whole process group at deadline + 0.5 s if
+  no reply came, and starts a replacement. A program that catches every exception, or hangs in C
+  code, costs its timeout and nothing else.
+- The pool never blocks on a worker: it writes jobs without blocking and keeps what the pipe does
+  not take for later, under the job's deadline (a job a worker never took goes back to the queue,
+  unblamed), and reads replies without blocking.
 - A worker holds at most two jobs: the running one and the next, already in its pipe, so it never
   waits a round trip for work. If it dies, the job behind goes back to the queue, unblamed. With
   check_determinism a program runs twice, so its time limit is twice timeout_s.
-- Isolation between jobs: see sandbox_worker.py. In short, each job gets a fresh namespace, fresh
-  builtins and a freshly executed `common` module (~0.1 ms); after the job the worker puts back
-  attributes that the program rebound on shared modules (numpy, random, typing, the real
-  builtins... see GUARDED_MODULES), numpy's error and print state, warnings filters, the
-  recursion limit, stdio and cwd.
 - Replies come back as JSON plus raw bytes, never pickle, and are checked again here (shapes,
   sizes, values), so a worker that a program has taken over cannot run code in this process.
 
-What is covered (each has a test in tests/test_sandbox.py)
+Isolation between jobs, and why this way (measured on the 2-core KVM guest of bench/RESULTS.md)
+- Each job gets a fresh namespace, fresh builtins and a freshly executed `common` module. The
+  child is reused for the next job unless the program's bytecode, read before it runs, could change
+  the process: a name starting with "_" (dunders, `random._os`, `np.__builtins__`...), an attribute
+  assignment or deletion (`Counter.most_common = f`, `label.__code__ = c`), or a name in
+  RISKY_NAMES (getattr, ctypes, as_strided...). Such a job, any job that timed out or crashed, and
+  every 500th job, end their child; the supervisor, which no program ever ran in, forks the next.
+- After a reused job the child still puts back module attributes in GUARDED_MODULES, numpy's error
+  and print state, warnings filters, the recursion limit, stdio and cwd.
+- Measured alternatives: a fresh child for every job costs 9-12 ms per BARC-style program here
+  (fork 1.5-2 ms, copy-on-write faults while the program runs, and 2.7 ms to tear the child's
+  address space down), about twice the program itself (5-6 ms); a fresh interpreter, to recycle a
+  worker without a supervisor, costs ~0.4 s; comparing every class dict and function `__code__`/
+  `__defaults__`/`__kwdefaults__` reachable from the loaded modules (1,334 classes, 7,583
+  functions) after each job costs 7.4 ms, and still misses what an escaped program changes. The
+  bytecode test costs ~25 us, and a fresh child 10-12 ms (bench/bench_sandbox.py, "recycled"),
+  paid only by programs that look like they tamper. The relay through the supervisor costs
+  ~0.4 ms per program (overhead 0.37 -> 0.74 ms for a trivial program): the price of keeping the
+  pool's pipes out of the programs' process.
+
+What is covered (each has a test in tests/test_sandbox.py or tests/test_sandbox_escapes.py)
 - Infinite loops, sleeps, loops that catch BaseException: TIMEOUT within timeout + 2 s.
-- Memory: RLIMIT_AS (default 2 GB) on the worker's own address space; allocating 50 GB gives
-  MEMORY_LIMIT, not a dead machine.
-- Crashes (os._exit, segfaults, abort): WORKER_CRASHED, and the worker is replaced.
+- Memory: RLIMIT_AS (default 2 GB) on each worker process's own address space; allocating 50 GB
+  gives MEMORY_LIMIT, not a dead machine.
+- Crashes (os._exit, segfaults, abort): WORKER_CRASHED, and a fresh child.
 - Imports of os, sys, subprocess, socket, shutil, ctypes, multiprocessing, threading (and the other
   BANNED_MODULES) and the builtins open, exec, eval, compile, input: FORBIDDEN. This is enforced
   when the code runs (an `__import__` hook and restricted builtins), not by reading the source, so
@@ -49,31 +70,48 @@ What is covered (each has a test in tests/test_sandbox.py)
 - Output on stdout/stderr is discarded without being written anywhere; it cannot block or fill
   a disk. Outputs must be ndarrays of ndim 2, sides 1..max_side, whole numbers 0..9.
 - Programs that get past the Python-level ban (`random._os`, `np.__builtins__`,
-  `().__class__.__subclasses__()`...) are still held by the OS: on Linux x86-64 each worker drops
-  all capabilities and installs a seccomp filter that makes these syscalls fail: creating
-  processes or threads, exec, sending signals to any process (the parent included), ptrace,
-  leaving its process group, sockets, raising its limits, and every call that creates, changes or
-  deletes files (opening for writing included). RLIMIT_FSIZE = 0 and RLIMIT_NPROC = 0 back this
-  up where the filter is missing, and the process-group kill catches forked grandchildren.
+  `().__class__.__subclasses__()`, ctypes through numpy...) are still held by the OS: on Linux
+  x86-64 each worker drops all capabilities and each child installs a seccomp filter
+  (sandbox_seccomp.py, its rules checked in tests/test_sandbox_seccomp.py) that makes
+  these syscalls fail: creating processes or threads, exec, sending signals to any process (the
+  pool included), the fcntl and ioctl commands that make the kernel signal a chosen process or
+  resize a pipe (F_SETOWN, F_SETOWN_EX, F_SETSIG, F_SETLEASE, F_NOTIFY, F_SETPIPE_SZ, O_ASYNC,
+  FIOSETOWN, SIOCSPGRP, FIOASYNC), changing other processes' priority, scheduling or memory
+  placement, ptrace and reading other processes' memory or fds, leaving its process group,
+  sockets, raising its limits, opening any file (read-only included: numpy's np.load, np.loadtxt,
+  DataSource... get PermissionError, and /proc/<pool pid>/environ and /mem are out of reach),
+  every call that creates, changes or deletes files, and kernel objects that would outlive the
+  process (SysV shared memory, semaphores and message queues, POSIX message queues, keyring
+  keys, memfd, userfaultfd). RLIMIT_FSIZE = 0 and RLIMIT_NPROC = 0 back this up where the filter
+  is missing, and the process-group kill catches forked grandchildren.
   `SandboxPool.is_syscall_filtered` says whether the filter is on.
+- A program can reply what it likes for its own job (as it could by returning it), and nothing
+  more: its child holds no pipe to the pool, and the supervisor puts the job id on the child's
+  one reply per job.
+- A program does not change what later programs compute through the examples above: class
+  attributes, functions' code, sys.modules, timers and signal handlers left behind end with its
+  child.
 - No worker or grandchild outlives `close()` (or interpreter exit), except as noted below.
 
 What is not covered (Python-level checks are not a security boundary)
-- Reading files: a program that escapes the ban (or simply calls np.load / np.loadtxt) can read any
-  file the worker's user can read, and can see the scratch directory's path. Run as an
-  unprivileged user; nothing here hides the file system.
+- The bytecode test is a heuristic on names. A program that changes a shared object in place
+  through plain names (`d = np.typecodes; d["All"] = ""`), or escapes the ban by a route that
+  names nothing it looks for, changes its child for later jobs of that child (at most 500), though
+  not the pool, other workers or files.
+- A module that no preloaded module imports cannot be imported by a program (the child may not
+  open files): see PRELOADED_MODULES.
 - Without the seccomp filter (not Linux x86-64, or refused by the kernel) an escaped program can
-  signal the parent, write files, open sockets, and escape the group kill with setsid. Only a
-  container, a VM or a separate user stops that.
-- A worker started by root keeps uid 0 (minus its capabilities) and may read root's files.
-- An escaped program controls its own worker: it can tamper with the results of the jobs that
-  worker runs after it (until the worker is replaced), though not with other workers or the pool.
-- In-place changes to objects held by shared modules (say `np.core.numeric.some_list.append(...)`),
-  and changes to modules not in GUARDED_MODULES, persist in that worker for later jobs.
+  read files, signal the pool, write files, open sockets, create SysV objects, and escape the
+  group kill with setsid. Only a container, a VM or a separate user stops that.
+- This process is not made non-dumpable (PR_SET_DUMPABLE 0 would also hide it from its own
+  user's debuggers and profilers, and change who owns its /proc files); the filter's refusal of
+  open(), ptrace, process_vm_readv and pidfd_getfd is what keeps a program out of its memory and
+  environment. Programs can see the scratch directory's path and stat() any path.
+- A worker started by root keeps uid 0 (minus its capabilities).
 - CPU time and memory bandwidth are shared: a heavy program slows the others down.
 - If this process dies without closing the pool (SIGKILL), an idle worker exits on EOF and a busy
-  one at its deadline, when its timer finds the pool gone; a program that escaped the ban and
-  blocked or replaced that timer keeps running until killed. The (empty) scratch directory stays.
+  one at its deadline, when it finds its reply pipe closed; its child dies with it
+  (PR_SET_PDEATHSIG). The (empty) scratch directory stays.
 """
 
 import contextlib
@@ -108,7 +146,7 @@ __all__ = ["DSL_PATH", "ENTRY_POINTS", "ErrorKind", "ExecutionResult", "Job", "S
 DSL_PATH = Path(__file__).parent / "dsl" / "common.py"
 WORKER_SCRIPT = Path(__file__).with_name("sandbox_worker.py")
 
-_KILL_GRACE_S = 0.5  # after the soft deadline, how long the worker gets before the pool kills it
+_KILL_GRACE_S = 0.5  # after a job's deadline, how long its supervisor gets to report it before the pool kills both
 _STARTUP_TIMEOUT_S = 60.0
 _MAX_HEADER_BYTES = 1 << 16
 _MAX_MESSAGE_CHARS = 2000  # a worker's startup traceback can be long; program messages are 300
@@ -166,7 +204,8 @@ class _Worker:
     is_accepting: bool = False  # it may be sent jobs
     is_syscall_filtered: bool = False
     sent: deque = field(default_factory=deque)  # _Sent jobs, the running one first
-    pipe_bytes: int = 0  # capacity of the job pipe: a queued job must fit, or write() would block
+    pipe_bytes: int = 0  # capacity of the job pipe: a job queued behind a running one must fit
+    outbox: bytearray = field(default_factory=bytearray)  # the rest of the last job's frame, not yet written
 
 
 @dataclass(slots=True)
@@ -206,7 +245,6 @@ class SandboxPool:
         })
         self._env = _worker_env(self._scratch)
         self._job_ids = itertools.count()
-        self._poller = select.poll()
         self._workers: list[_Worker] = []
         self._closer = weakref.finalize(self, _shut_down, self._workers, self._scratch)
         try:
@@ -220,7 +258,7 @@ class SandboxPool:
             raise
         if filter_syscalls and not self.is_syscall_filtered:
             warnings.warn("sandbox workers run without the seccomp filter (needs Linux x86-64): a program "
-                          "that escapes the import ban can signal this process and write files", stacklevel=2)
+                          "that escapes the import ban can read files, signal this process and write files", stacklevel=2)
 
     def __enter__(self) -> "SandboxPool":
         return self
@@ -234,7 +272,7 @@ class SandboxPool:
 
     @property
     def is_syscall_filtered(self) -> bool:
-        """Whether every ready worker runs under the seccomp filter (see the module docstring)."""
+        """Whether every ready worker runs its programs under the seccomp filter (see the module docstring)."""
         return all(w.is_syscall_filtered for w in self._workers if w.has_started)
 
     @property
@@ -289,14 +327,13 @@ class SandboxPool:
             os.close(job_r)
             os.close(reply_w)
         os.set_blocking(reply_r, False)
-        self._poller.register(reply_r, select.POLLIN)
+        os.set_blocking(job_w, False)  # a worker that stops reading must never block this process
         return _Worker(proc, job_w, reply_r, deadline=time.monotonic() + _STARTUP_TIMEOUT_S, pipe_bytes=_widen_pipe(job_w))
 
     def _replace(self, w: _Worker, batch: _Batch) -> int:
         """Kill the worker (and its process group) and start a fresh one; jobs it was sent but had
         not started go back to the front of the queue. Returns the old worker's exit code."""
         batch.queue.extendleft(reversed([sent.index for sent in w.sent if batch.results[sent.index] is None]))
-        self._poller.unregister(w.reply_fd)
         returncode = _kill(w)
         self._workers[self._workers.index(w)] = self._spawn()
         return returncode
@@ -316,20 +353,29 @@ class SandboxPool:
         index = batch.queue[0]
         job = batch.jobs[index]
         sent = _Sent(index, next(self._job_ids), len(job.inputs) * self.cfg.max_side**2)
-        payload = pickle.dumps((sent.job_id, job.program, [np.asarray(g) for g in job.inputs]), protocol=5)
-        frame = struct.pack("<II", len(payload), 0) + payload
-        if w.sent and len(frame) > w.pipe_bytes:  # a busy worker would not read it: we would block
-            return
-        try:
-            _write_all(w.job_fd, frame)
-        except OSError:  # it is exiting (retired, or killed by a program): its pipe will say more
-            w.is_accepting = False
-            w.deadline = min(w.deadline, time.monotonic() + _KILL_GRACE_S)
+        header = json.dumps({"id": sent.job_id, "max_blob": sent.max_blob}).encode()
+        payload = pickle.dumps((job.program, [np.asarray(g) for g in job.inputs]), protocol=5)
+        frame = struct.pack("<II", len(header), len(payload)) + header + payload
+        if w.outbox or (w.sent and len(frame) > w.pipe_bytes):  # it would wait behind the running job
             return
         batch.queue.popleft()
         if not w.sent:
             self._start_clock(w, sent)
         w.sent.append(sent)
+        w.outbox += frame
+        self._flush(w, batch)
+
+    def _flush(self, w: _Worker, batch: _Batch) -> None:
+        """Write what the pipe takes now; the rest waits for POLLOUT (or for the job's deadline)."""
+        try:
+            del w.outbox[:os.write(w.job_fd, w.outbox)]
+        except BlockingIOError:
+            pass
+        except OSError:  # EPIPE: it is exiting (retired, or killed), and never got this job
+            batch.queue.appendleft(w.sent.pop().index)
+            w.outbox.clear()
+            w.is_accepting = False
+            w.deadline = min(w.deadline, time.monotonic() + _KILL_GRACE_S)
 
     def _start_clock(self, w: _Worker, sent: _Sent) -> None:
         sent.started_at = time.monotonic()
@@ -342,15 +388,26 @@ class SandboxPool:
         nearest = min(w.deadline for w in self._workers)
         assert nearest < math.inf, "waiting with no job running and no worker starting"
         timeout_ms = max(0, math.ceil((nearest - time.monotonic()) * 1000))
-        by_fd = {w.reply_fd: w for w in self._workers}
-        for fd, _ in self._poller.poll(timeout_ms):
-            if by_fd.get(fd) in self._workers:  # not a worker replaced meanwhile (fds get reused)
-                self._read(by_fd[fd], batch)
+        poller, by_fd = select.poll(), {}
+        for w in self._workers:
+            poller.register(w.reply_fd, select.POLLIN)
+            by_fd[w.reply_fd] = w
+            if w.outbox:
+                poller.register(w.job_fd, select.POLLOUT)
+                by_fd[w.job_fd] = w
+        for fd, _ in poller.poll(timeout_ms):
+            w = by_fd[fd]
+            if w not in self._workers:  # replaced meanwhile
+                continue
+            if fd == w.reply_fd:
+                self._read(w, batch)
+            elif w.outbox:
+                self._flush(w, batch)
         now = time.monotonic()
         for w in [w for w in self._workers if w.deadline <= now]:
             if not w.has_started:
                 raise RuntimeError(f"sandbox worker did not start within {_STARTUP_TIMEOUT_S:g} s")
-            if w.sent:
+            if w.sent and not (w.outbox and len(w.sent) == 1):  # (else it never got the whole job: not its fault)
                 running = w.sent[0]
                 message = f"exceeded {self._budget_s:g} s (killed)"
                 batch.results[running.index] = ExecutionResult(None, ErrorKind.TIMEOUT, message, now - running.started_at)
@@ -478,12 +535,6 @@ def _widen_pipe(fd: int) -> int:
     with contextlib.suppress(OSError):  # over /proc/sys/fs/pipe-max-size: keep the default
         fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, 1 << 20)
     return fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 def _kill(w: _Worker) -> int:

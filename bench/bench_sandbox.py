@@ -5,6 +5,8 @@
 
 Workloads, each program run on the same 4 random 30x30 grids:
 - trivial: `from common import *` and return the input, --num-trivial programs;
+- recycled: the same, plus a mention of `__name__`, which makes the worker discard its child after
+  the job (sandbox_worker.could_change_process); a quarter as many programs;
 - mix: BARC-style programs (connected components, flood fill, crops and blits, lines, numpy
   recolouring); 5 % raise an exception and 1 % loop until the timeout (--timeout-s).
 
@@ -15,10 +17,12 @@ Measured:
   copies, check the output. Timing-out programs are left out of this comparison (in-process
   they would never return). The pool's own work runs on the other core while the worker runs,
   so "CPU overhead" also counts it: (CPU of pool + worker - CPU in-process) / programs;
+- what recycling costs: (recycled - trivial) per program, one worker, i.e. forking a fresh child
+  from the worker's clean supervisor instead of reusing the child;
 - what one timing-out program costs the pool: (mix time - same mix without its timeouts)
-  x workers / timeouts, against its own timeout; the wall time of one program that swallows
-  the soft-timeout exception (killed from outside), and the startup time of the worker that
-  replaces it.
+  x workers / timeouts, against its own timeout; the wall time of one program that catches
+  every exception and loops (its child is killed at the timeout and a fresh one forked), and the
+  startup time of a whole new worker (what a crash of the worker's supervisor costs).
 Prints a table, then one JSON line.
 """
 
@@ -42,6 +46,7 @@ from arcsl.sandbox import DSL_PATH, ErrorKind, Job, SandboxPool  # noqa: E402
 HEADER = "from common import *\n\nimport numpy as np\nfrom typing import *\n\n"
 
 TRIVIAL = HEADER + "def transform(input_grid):\n    return input_grid\n"
+RECYCLED = HEADER + "def transform(input_grid):\n    assert __name__\n    return input_grid\n"
 
 MIX = {
     "largest_object_red": HEADER + '''# concepts: objects, size
@@ -146,22 +151,31 @@ def run_in_process(programs: list[str], inputs: list[np.ndarray]) -> tuple[float
 
 def run_pool(pool: SandboxPool, programs: list[str], inputs: list[np.ndarray]) -> tuple[float, dict]:
     """Run the programs in the pool; return (seconds, {"cpu_s": CPU of pool + workers, result counts})."""
-    workers_cpu = sum(map(cpu_seconds, pool.worker_pids))
+    workers_cpu = sum(map(group_cpu_seconds, pool.worker_pids))
     started, cpu_started = time.perf_counter(), time.process_time()
     results = pool.run([Job(source, inputs) for source in programs])
     elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu_started
-    stats = {"cpu_s": cpu + sum(map(cpu_seconds, pool.worker_pids)) - workers_cpu}  # exact while no worker is replaced
+    stats = {"cpu_s": cpu + sum(map(group_cpu_seconds, pool.worker_pids)) - workers_cpu}  # exact while no worker is replaced
     for r in results:
         key = "ok" if r.error is None else str(r.error)
         stats[key] = stats.get(key, 0) + 1
     return elapsed, stats
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+def group_cpu_seconds(pgid: int) -> float:
+    """User + system CPU time so far of a worker: its process group, children it reaped included."""
+    ticks = 0
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[2]) == pgid:  # pgrp
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+            if int(entry) == pgid:
+                ticks += int(fields[13]) + int(fields[14])  # cutime, cstime: discarded children
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def machine() -> str:
@@ -191,6 +205,7 @@ def main() -> None:
 
     inputs = make_inputs(np.random.default_rng(args.seed))
     trivial = [TRIVIAL] * args.num_trivial
+    recycled = [RECYCLED] * max(1, args.num_trivial // 4)
     mix = make_mix(args.num_mix, random.Random(args.seed))
     mix_no_timeouts = [p for p in mix if p is not TIMES_OUT]
     num_timeouts = len(mix) - len(mix_no_timeouts)
@@ -202,10 +217,14 @@ def main() -> None:
         run_in_process(warm_up, inputs)  # imports, the DSL, scipy
         run_pool(pool, warm_up, inputs)
         rounds = [(run_in_process(trivial, inputs), run_pool(pool, trivial, inputs),
-                   run_in_process(mix_no_timeouts, inputs), run_pool(pool, mix_no_timeouts, inputs))
+                   run_in_process(mix_no_timeouts, inputs), run_pool(pool, mix_no_timeouts, inputs),
+                   run_pool(pool, recycled, inputs))
                   for _ in range(args.rounds)]
     (inproc_trivial, inproc_trivial_stats), (one_trivial, one_trivial_stats), (inproc_mix, inproc_mix_stats), \
-        (one_mix, one_mix_stats) = (min((r[k] for r in rounds), key=lambda timed: timed[0]) for k in range(4))
+        (one_mix, one_mix_stats), (one_recycled, one_recycled_stats) = \
+        (min((r[k] for r in rounds), key=lambda timed: timed[0]) for k in range(5))
+    recycle_ms = 1000 * (one_recycled / len(recycled) - one_trivial / len(trivial))
+    recycle_cpu_ms = 1000 * (one_recycled_stats["cpu_s"] / len(recycled) - one_trivial_stats["cpu_s"] / len(trivial))
 
     # --- throughput with one worker per core, and what timeouts cost
     with SandboxPool(SandboxConfig(timeout_s=args.timeout_s)) as pool:
@@ -252,11 +271,14 @@ def main() -> None:
               f"{r['one_worker_ms']:>11.3f} {r['overhead_ms']:>11.3f} {r['cpu_overhead_ms']:>15.3f}  {r['results']}")
     print(f"one timing-out program costs the pool {timeout_cost:.2f} worker-s in the mix ({num_timeouts} of them), "
           f"and holds its worker {timeout_elapsed:.3f} s; its timeout: {args.timeout_s:g} s")
-    print(f"one program that swallows the soft timeout: {swallow_wall:.2f} s wall (killed at timeout + 0.5 s), "
-          f"then a new worker, which takes {startup:.2f} s to start")
+    print(f"recycling the child after a program costs {recycle_ms:.2f} ms wall, {recycle_cpu_ms:.2f} ms CPU "
+          f"({one_recycled_stats.get('ok', 0)} of {len(recycled)} ok)")
+    print(f"one program that catches every exception and loops: {swallow_wall:.2f} s wall (killed at the timeout); "
+          f"a whole new worker takes {startup:.2f} s to start")
     print(json.dumps({"date": str(datetime.date.today()), "machine": machine(), "seed": args.seed, "timeout_s": args.timeout_s,
                       "rounds": args.rounds, **{f"{name}_{k}": v for name, r in rows.items() for k, v in r.items() if k != "results"},
                       "timeout_cost_worker_s": timeout_cost, "timeout_elapsed_s": timeout_elapsed, "swallowed_timeout_wall_s": swallow_wall,
+                      "recycle_ms": recycle_ms, "recycle_cpu_ms": recycle_cpu_ms,
                       "worker_startup_s": startup}))
 
 
