@@ -25,7 +25,8 @@ from pathlib import Path
 from typing import get_args, get_origin, get_type_hints
 
 from arcsl import catalog
-from arcsl.config import DataConfig, SolveConfig
+from arcsl.config import (SELECT_RULES, DataConfig, FinetuneConfig, ModelConfig, OfflineConfig, RelabelConfig,
+                          SolveConfig)
 from arcsl.toy.demo import demo_config
 
 
@@ -112,6 +113,13 @@ def make_parser() -> argparse.ArgumentParser:
                     f"below is what a run without that flag uses. For the CPU demo, run `arcsl demo`.")
     add_solve_args(solve, defaults)
 
+    learn = sub.add_parser("finetune", help="learn across tasks: one LoRA on the hindsight-relabelled attempts of "
+                                            "earlier runs (arcsl solve --adapter then starts from it)")
+    add_config_args(learn, OfflineConfig, choices={"select": list(SELECT_RULES)})
+    add_config_args(learn, ModelConfig, skip=("num_adapters",))
+    add_config_args(learn, FinetuneConfig)
+    add_config_args(learn, RelabelConfig, skip=("relabel_rounds", "skip_trained", "max_examples", "example_order"))
+
     tasks = sub.add_parser("tasks", help="list the tasks of a dataset (validates every one)")
     add_config_args(tasks, DataConfig)
 
@@ -142,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
             return run_demo(solve_config(args))
         if args.command == "solve":
             return run_solve(solve_config(args))
+        if args.command == "finetune":
+            return run_finetune(*(config_from_args(cls, args) for cls in (OfflineConfig, ModelConfig, FinetuneConfig,
+                                                                           RelabelConfig)))
         data = catalog.resolve_dataset(config_from_args(DataConfig, args, **(
             {"task_ids": args.ids} if args.command == "show" else {})))
         if args.command == "tasks":
@@ -183,6 +194,14 @@ def run_solve(cfg: SolveConfig) -> int:
             raise ValueError(f"--adapter {cfg.model.adapter}: no adapter_model.safetensors there (a peft adapter "
                              "folder)")
     solve(cfg, catalog.prompt_format(cfg.loop.prompt_format), started=process_started())
+    return 0
+
+
+def run_finetune(offline: OfflineConfig, model: ModelConfig, finetune: FinetuneConfig, relabel: RelabelConfig) -> int:
+    from arcsl.offline import finetune_offline
+
+    catalog.check_model(model.model)
+    finetune_offline(offline, model, finetune, relabel, catalog.PROMPT_FORMATS)
     return 0
 
 

@@ -304,6 +304,31 @@ class SolveConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
 
+SELECT_RULES = ("best", "worst", "spread")
+
+
+@dataclass(slots=True)
+class OfflineConfig:
+    """`arcsl finetune`: which runs' attempts to learn from, how many per task, and where the adapter goes."""
+    from_run: list[str] = field(default_factory=list, metadata={
+        "help": "output folders of earlier arcsl solve runs (config.json and results.sqlite) to learn from"})
+    output_dir: str = field(default="out/finetune", metadata={
+        "help": "where the adapter (adapter_model.safetensors, adapter_config.json) and manifest.json go"})
+    examples_per_task: int = field(default=8, metadata={
+        "help": "relabelled attempts kept per task (one per distinct output); -1 = all"})
+    select: str = field(default="spread", metadata={
+        "help": "which ones, by train score: best, worst, or spread evenly from best to worst"})
+    seed: int = field(default=0, metadata={"help": "seed of the training order"})
+
+    def __post_init__(self):
+        if not self.from_run:
+            raise ValueError("--from-run: give at least one run folder to learn from")
+        if self.examples_per_task < -1 or self.examples_per_task == 0:
+            raise ValueError(f"examples_per_task must be >= 1 or -1 (all); got {self.examples_per_task}")
+        if self.select not in SELECT_RULES:
+            raise ValueError(f"select must be one of {', '.join(SELECT_RULES)}; got {self.select!r}")
+
+
 # What a resumed run may change: where and how fast the work runs, and which tasks are selected, not what a
 # task's rounds compute (each task's seed comes from the run's seed and its id). Any other difference makes
 # --resume refuse: two configurations would mix in one store.

@@ -1,0 +1,69 @@
+"""`arcsl finetune`: one LoRA on the relabelled attempts of earlier runs, then a run that starts from it.
+On the toy domain with the shipped model, on CPU."""
+
+import json
+
+import pytest
+
+from arcsl.cli import main
+from arcsl.config import OfflineConfig, RelabelConfig
+from arcsl.grids import load_tasks
+from arcsl.offline import select_examples
+from arcsl.store import open_store
+from arcsl.toy.config import SHIPPED_MODEL_DIR
+from arcsl.toy.demo import DEMO_TASKS
+
+TASKS = ["stripes-8", "squares-9"]
+TOY = ["--model", str(SHIPPED_MODEL_DIR), "--device", "cpu", "--lora-rank", "8", "--lora-alpha", "8"]
+SEARCH = ["solve", "--dataset", "toy/demo", "--task-ids", *TASKS, "--prompt-format", "toy", "--max-new-tokens", "400",
+          "--temperature", "1.0", "--top-p", "1.0", "--initial-programs", "16", "--samples-per-view", "8",
+          "--max-rounds", "0", "--no-augment-dihedral", "--augment-colors", "none", "--no-augment-train-order",
+          "--workers", "1", "--tasks-in-flight", "2", "--sandbox-workers", "1", "--no-progress", *TOY]
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    run = tmp_path_factory.mktemp("search") / "run"
+    assert main([*SEARCH, "--output-dir", str(run)]) == 0
+    return run
+
+
+def test_examples_per_task_are_chosen_best_worst_or_spread_among_distinct_outputs(searched):
+    tasks = {t.id: t for t in load_tasks(str(DEMO_TASKS)).tasks}
+    with open_store(searched / "results.sqlite", resume=True) as store:
+        attempts = store.attempts(TASKS[0])
+    relabel = RelabelConfig()
+    ranked = select_examples(tasks[TASKS[0]], attempts, -1, "best", relabel)
+    assert len(ranked) >= 3 and all(a.has_valid_outputs for a in ranked)
+    assert len({tuple(map(str, a.train_outputs)) for a in ranked}) == len(ranked)  # one per distinct output
+    scores = [(a.scores.train.correct_grids, a.scores.train.pixel_score) for a in ranked]
+    assert scores == sorted(scores, reverse=True)  # best first
+    assert select_examples(tasks[TASKS[0]], attempts, 2, "best", relabel) == ranked[:2]
+    assert select_examples(tasks[TASKS[0]], attempts, 2, "worst", relabel) == ranked[-2:]
+    assert select_examples(tasks[TASKS[0]], attempts, 2, "spread", relabel) == [ranked[0], ranked[-1]]
+
+
+def test_finetune_writes_an_adapter_and_its_manifest_and_solve_starts_from_it(searched, tmp_path, capsys):
+    out = tmp_path / "adapter"
+    assert main(["finetune", "--from-run", str(searched), "--output-dir", str(out), "--examples-per-task", "4",
+                 "--learning-rate", "1e-3", "--num-epochs", "2", "--examples-per-step", "4", "--max-seq-len", "2048",
+                 "--max-tokens-per-micro-batch", "8192", "--prune-programs", *TOY]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert set(manifest["examples_per_task"]) == {f"{searched}:{t}" for t in TASKS}
+    assert 0 < manifest["num_examples"] <= 8 and manifest["num_steps"] >= 2 and manifest["prompt_format"] == "toy"
+    assert manifest["losses"][-1] < manifest["losses"][0]  # it learned something
+    assert (out / "adapter_model.safetensors").is_file() and (out / "adapter_config.json").is_file()
+    again = tmp_path / "again"
+    assert main([*SEARCH, "--output-dir", str(again), "--adapter", str(out)]) == 0
+    assert json.loads((again / "config.json").read_text())["model"]["adapter"] == str(out)
+    assert main(["finetune", "--from-run", str(searched), "--output-dir", str(out), *TOY]) == 2  # no overwriting
+    assert "already holds an adapter" in capsys.readouterr().err
+
+
+def test_bad_sources_are_one_clear_line(tmp_path, capsys):
+    assert main(["finetune", "--output-dir", str(tmp_path / "a"), *TOY]) == 2
+    assert "--from-run: give at least one run folder" in capsys.readouterr().err
+    assert main(["finetune", "--from-run", str(tmp_path), "--output-dir", str(tmp_path / "a"), *TOY]) == 2
+    assert "not a run folder (it needs config.json and results.sqlite)" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="select must be one of"):
+        OfflineConfig(from_run=["x"], select="median")
