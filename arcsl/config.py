@@ -319,6 +319,7 @@ class OfflineConfig:
     select: str = field(default="spread", metadata={
         "help": "which ones, by train score: best, worst, or spread evenly from best to worst"})
     seed: int = field(default=0, metadata={"help": "seed of the training order"})
+    progress: bool = field(default=True, metadata={"help": "show a progress bar with the loss and tokens/s"})
 
     def __post_init__(self):
         if not self.from_run:

@@ -15,8 +15,10 @@ correct on train are ordinary examples. One LoRA is trained on all of them with 
 code path with the per-task loop) and written as a peft adapter, with `manifest.json`: the source runs,
 the examples per task, the settings and the losses.
 
-What is not covered yet: checkpoints and resuming, a progress bar, data parallelism over several GPUs,
-packing (issue 18 lists them).
+Training runs one engine call per optimizer step (`train`), so a progress bar shows the loss and tokens/s.
+
+What is not covered yet: checkpoints and resuming, data parallelism over several GPUs, packing (issue 18
+lists them).
 """
 
 import json
@@ -99,15 +101,40 @@ def finetune_offline(cfg: OfflineConfig, model: ModelConfig, finetune: FinetuneC
 
         engine = load_engine(model)
     started = time.monotonic()
-    stats = engine.finetune(examples, finetune, seed=cfg.seed)
+    steps = train(engine, examples, finetune, cfg.seed, cfg.progress)
+    if not any(s.num_steps for s in steps):
+        raise ValueError(f"--max-seq-len {finetune.max_seq_len}: no example fits; nothing was trained")
     out.mkdir(parents=True, exist_ok=True)
     engine.save_adapter(out)
+    losses = [loss for s in steps for loss in s.losses]
     manifest = {"from_run": cfg.from_run, "prompt_format": format_name, "examples_per_task": counts,
-                "num_examples": len(examples), "num_dropped": stats.num_dropped, "num_steps": stats.num_steps,
-                "losses": stats.losses, "final_loss": stats.losses[-1] if stats.losses else None,
+                "num_examples": len(examples), "num_dropped": sum(s.num_dropped for s in steps) // finetune.num_epochs,
+                "num_steps": len(losses), "losses": losses, "final_loss": losses[-1] if losses else None,
                 "seconds": time.monotonic() - started,
                 "settings": {"offline": asdict(cfg), "model": asdict(model), "finetune": asdict(finetune),
                              "relabel": asdict(relabel)}}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    print(f"arcsl finetune: {stats.num_steps} steps, loss {manifest['final_loss']}, adapter in {out}", file=sys.stderr)
+    print(f"arcsl finetune: {len(losses)} steps, loss {manifest['final_loss']}, adapter in {out}", file=sys.stderr)
     return manifest
+
+
+def train(engine, examples: list[tuple], cfg: FinetuneConfig, seed: int, progress: bool = True) -> list:
+    """`cfg.num_epochs` epochs over `examples` in a fresh order each (from `seed`), one engine call per
+    optimizer step, so that a progress bar shows the loss and tokens/s as it goes (the engine's warm-up
+    and optimizer state carry over between its calls); returns each call's FinetuneStats."""
+    from tqdm import tqdm
+
+    rng, per_step = np.random.default_rng(seed), cfg.examples_per_step
+    one_epoch = replace(cfg, num_epochs=1)
+    num_steps = cfg.num_epochs * -(-len(examples) // per_step)
+    stats = []
+    with tqdm(total=num_steps, desc="arcsl finetune", unit="step", disable=not progress, dynamic_ncols=True) as bar:
+        for _ in range(cfg.num_epochs):
+            order = [examples[i] for i in rng.permutation(len(examples))]
+            for i in range(0, len(order), per_step):
+                step = engine.finetune(order[i:i + per_step], one_epoch, seed=int(rng.integers(2**31)))
+                stats.append(step)
+                bar.update(1)
+                if step.losses:
+                    bar.set_postfix(loss=f"{step.losses[-1]:.4f}", tok_s=f"{step.tokens_per_s:,.0f}")
+    return stats

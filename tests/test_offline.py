@@ -52,12 +52,18 @@ def test_finetune_writes_an_adapter_and_its_manifest_and_solve_starts_from_it(se
     assert set(manifest["examples_per_task"]) == {f"{searched}:{t}" for t in TASKS}
     assert 0 < manifest["num_examples"] <= 8 and manifest["num_steps"] >= 2 and manifest["prompt_format"] == "toy"
     assert manifest["losses"][-1] < manifest["losses"][0]  # it learned something
+    shown = capsys.readouterr().err
+    assert "arcsl finetune: 100%" in shown and "loss=" in shown and "tok_s=" in shown  # the progress bar
     assert (out / "adapter_model.safetensors").is_file() and (out / "adapter_config.json").is_file()
     again = tmp_path / "again"
     assert main([*SEARCH, "--output-dir", str(again), "--adapter", str(out)]) == 0
     assert json.loads((again / "config.json").read_text())["model"]["adapter"] == str(out)
     assert main(["finetune", "--from-run", str(searched), "--output-dir", str(out), *TOY]) == 2  # no overwriting
     assert "already holds an adapter" in capsys.readouterr().err
+    assert main(["finetune", "--from-run", str(searched), "--output-dir", str(tmp_path / "short"), "--max-seq-len",
+                 "64", "--max-tokens-per-micro-batch", "64", "--no-progress", *TOY]) == 2
+    assert "--max-seq-len 64: no example fits; nothing was trained" in capsys.readouterr().err
+    assert not (tmp_path / "short").exists()
 
 
 def test_bad_sources_are_one_clear_line(tmp_path, capsys):

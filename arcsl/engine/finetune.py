@@ -117,11 +117,12 @@ class Finetuner:
     def run(self, seqs: list[Tokenized], cfg: FinetuneConfig, seed: int, adapter: int = 0,
             stop_at: float | None = None) -> FinetuneStats:
         """Trains `adapter` (the model's active one) on `seqs` for `cfg.num_epochs` epochs; the order is
-        shuffled with `seed`. No step starts at or after `stop_at` (time.monotonic(): a deadline)."""
+        shuffled with `seed`. No step starts at or after `stop_at` (time.monotonic(): a deadline). Examples
+        longer than `cfg.max_seq_len` are dropped (counted in the stats), all of them if none fits."""
         kept = [s for s in seqs if len(s[0]) <= cfg.max_seq_len]
         if not kept:
-            shortest = min(len(ids) for ids, _ in seqs)
-            raise ValueError(f"no example fits max_seq_len={cfg.max_seq_len} (the shortest has {shortest} tokens)")
+            return FinetuneStats(num_examples=0, num_dropped=len(seqs), num_steps=0, num_tokens=0, num_loss_tokens=0,
+                                 losses=[], seconds=0.0, examples_per_s=0.0, tokens_per_s=0.0, peak_memory_gb=0.0)
         rng = random.Random(seed)
         self.counts = {"checkpointed": 0, "oom_retries": 0}
         self.lm.train()
