@@ -190,9 +190,10 @@ def run_solve(cfg: SolveConfig) -> int:
 
     if not cfg.run.ray_address:  # with Ray the model may live on the cluster's machines only
         catalog.check_model(cfg.model.model)
-        if cfg.model.adapter and not (Path(cfg.model.adapter) / "adapter_model.safetensors").is_file():
-            raise ValueError(f"--adapter {cfg.model.adapter}: no adapter_model.safetensors there (a peft adapter "
-                             "folder)")
+        if cfg.model.adapter:
+            from arcsl.engine.adapters import saved_adapter_file
+
+            saved_adapter_file(cfg.model.adapter)
     solve(cfg, catalog.prompt_format(cfg.loop.prompt_format), started=process_started())
     return 0
 

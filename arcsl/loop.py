@@ -56,7 +56,7 @@ from arcsl.config import FinetuneConfig, LoopConfig, RelabelConfig, SamplingConf
 from arcsl.engine.types import Completion, Engine, Prompt
 from arcsl.grids import Grid, Task
 from arcsl.prompting import PromptFormat
-from arcsl.relabel import relabelled_task, train_fingerprint, training_set
+from arcsl.relabel import train_fingerprint, training_examples, training_set
 from arcsl.sandbox import ExecutionResult, Job, SandboxPool
 from arcsl.scheduler import DeadlinePlanner, Scheduler
 from arcsl.scoring import Attempt, TaskScores, fingerprint, score_attempt, score_task
@@ -325,12 +325,7 @@ def learn(run: TaskRun, engine: Engine, timer: PhaseTimer, stop_at: float | None
     with timer("relabelling"):
         chosen = training_set(run.task, run.attempts, run.round - 1, run.trained, run.settings.relabel, run.rng)
         run.trained |= {train_fingerprint(a) for a in chosen}
-        fmt = run.settings.prompt_format
-        prune = fmt.prune if run.settings.relabel.prune_programs else None
-        examples = []
-        for a in chosen:
-            relabelled = relabelled_task(run.task, a)
-            examples.append((fmt.build(relabelled), prune(a.response, relabelled) if prune else a.response))
+        examples = training_examples(run.task, chosen, run.settings.prompt_format, run.settings.relabel.prune_programs)
     if examples:
         with timer("finetuning"):
             engine.finetune(examples, run.settings.finetune, seed=int(run.rng.integers(2**31)), adapter=run.adapter,

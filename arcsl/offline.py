@@ -32,7 +32,7 @@ import numpy as np
 from arcsl.config import DataConfig, FinetuneConfig, ModelConfig, OfflineConfig, RelabelConfig
 from arcsl.grids import Task, load_dataset
 from arcsl.prompting import PromptFormat
-from arcsl.relabel import relabelled_task, training_set
+from arcsl.relabel import training_examples, training_set
 from arcsl.scoring import Attempt
 
 
@@ -76,10 +76,7 @@ def examples_from_runs(runs: list[str], cfg: OfflineConfig, relabel: RelabelConf
                     raise ValueError(f"--from-run {run}: task {task_id} is not in its dataset {data['dataset']}")
                 task = tasks[task_id]
                 chosen = select_examples(task, store.attempts(task_id), cfg.examples_per_task, cfg.select, relabel)
-                prune = fmt.prune if relabel.prune_programs else None
-                for a in chosen:
-                    relabelled = relabelled_task(task, a)
-                    examples.append((fmt.build(relabelled), prune(a.response, relabelled) if prune else a.response))
+                examples += training_examples(task, chosen, fmt, relabel.prune_programs)
                 counts[f"{run}:{task_id}"] = len(chosen)
     if not examples:
         raise ValueError(f"--from-run {' '.join(runs)}: no attempt with valid outputs to learn from")

@@ -9,11 +9,14 @@ text matches the grids the model saw. The training target is the model's origina
 setting): the candidates are the last round's attempts or all so far; one per distinct train output,
 the shortest program; minus outputs trained on in earlier rounds of the task; minus programs that
 leave every input unchanged; the best by train score up to a cap; in worst-first, best-first or
-random order.
+random order. `training_examples` turns the chosen attempts into (prompt, completion) pairs through a
+prompt format: the per-task rounds (`loop.py`) and `arcsl finetune` (`offline.py`) both use it.
 
-Pure functions only: no model, no I/O. What is not covered: rendering prompts (`prompting.py`) and
-fine-tuning (`engine/finetune.py`).
+Pure functions only: no model, no I/O. What is not covered: rendering prompts (the format's own `build`)
+and fine-tuning (`engine/finetune.py`).
 """
+
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,6 +24,9 @@ from arcsl.augment import Augmentation, augment, transform_grid
 from arcsl.config import RelabelConfig
 from arcsl.grids import Pair, Task
 from arcsl.scoring import Attempt, fingerprint, grids_equal
+
+if TYPE_CHECKING:
+    from arcsl.prompting import PromptFormat
 
 
 def relabelled_task(task: Task, attempt: Attempt) -> Task:
@@ -76,3 +82,14 @@ def training_set(task: Task, attempts: list[Attempt], round_: int, trained: set[
     elif cfg.example_order == "random":
         chosen = [chosen[i] for i in rng.permutation(len(chosen))]
     return chosen
+
+
+def training_examples(task: Task, chosen: list[Attempt], fmt: "PromptFormat", prune_programs: bool) -> list[tuple]:
+    """(prompt, completion) pairs to fine-tune on: each chosen attempt's relabelled task in `fmt`, and its
+    response, pruned of the lines that change no train output where `prune_programs` and the format can."""
+    prune = fmt.prune if prune_programs else None
+    examples = []
+    for a in chosen:
+        relabelled = relabelled_task(task, a)
+        examples.append((fmt.build(relabelled), prune(a.response, relabelled) if prune else a.response))
+    return examples

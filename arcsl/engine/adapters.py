@@ -11,9 +11,22 @@ keys it by the adapter's version, never by the adapter's number: a version names
 
 Every change goes through `changed` or `reset`; the engine calls them in the same method that changes the
 values, so a cache keyed by version cannot outlive the values it was made from.
+
+`saved_adapter_file` finds a saved adapter's weights, or says why not; it imports no torch, so the CLI
+checks `--adapter` with it before anything is written.
 """
 
 from collections.abc import Iterable
+from pathlib import Path
+
+
+def saved_adapter_file(path: str | Path) -> Path:
+    """The weights file of the peft adapter folder `path`; a ValueError if there is none."""
+    file = Path(path) / "adapter_model.safetensors"
+    if not file.is_file():
+        raise ValueError(f"--adapter {path}: no adapter_model.safetensors there (a peft adapter folder, as "
+                         "arcsl finetune or save_adapter writes)")
+    return file
 
 
 class AdapterVersions:

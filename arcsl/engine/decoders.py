@@ -2,9 +2,10 @@
 
 A `SharedPrefixDecoder` owns its KV caches and its captured CUDA graphs; building one costs allocations
 and captures, so the engine keeps the last few (by batch shape) and a later call, or a later round,
-reuses them, as long as memory allows: a new decoder that needs their memory has the least recently used
-dropped first (the batch planner counts their memory as available for that reason). They hold no adapter state: the weights they read are updated in place before each call,
-keyed by adapter version (`adapters.py`), so a kept decoder can never decode with stale LoRA values.
+reuses them, as long as memory allows: a batch that needs their memory has the least recently used
+dropped first (the batch planner counts their memory as available for that reason). They hold no adapter
+state: the weights they read are updated in place before each call, keyed by adapter version
+(`adapters.py`), so a kept decoder can never decode with stale LoRA values.
 
 Compilation (`torch.compile` of the decode step's small pieces) is probed once per cache: a machine
 without a working compiler decodes eagerly, with one warning saying why.

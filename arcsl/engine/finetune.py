@@ -90,6 +90,7 @@ class Finetuner:
         self.activations: ActivationModel | None = None  # measured at the first GPU call (`measure_activations`)
         self.released = False  # whether this step released the sampler's memory (at most once a step)
         self.initial = [p.detach().clone() for p in params[0]]
+        self.grad_bytes = 4 * sum(p.numel() for p in params[0])  # one adapter's float32 gradients
         # built once: per-round trainer construction was the largest overhead of the slow implementation
         self.optimizers = [torch.optim.AdamW(ps, lr=1e-4, fused=self.device.type == "cuda") for ps in params]
         self.num_steps = [0] * len(params)  # per adapter, optimizer steps since its last reset; drive the warm-up
@@ -212,8 +213,7 @@ class Finetuner:
         """Whether a micro-batch must be checkpointed to fit in the memory available now (after the first
         micro-batch of a step, its gradients are allocated already); the sampler's memory is released first
         if even checkpointed it would not fit."""
-        grads = 4 * sum(p.numel() for p in self.params[0]) if has_grads else 0  # float32, counted in the fixed part
-        budget = SAFETY * self.memory.available() + grads
+        budget = SAFETY * self.memory.available() + (self.grad_bytes if has_grads else 0)  # counted in the fixed part
         checkpointed, fits = choose_checkpointing(tokens, loss_tokens, self.activations, budget)
         if not fits and not self.released and self.release_memory is not None:
             self._release()

@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from arcsl.config import FinetuneConfig, ModelConfig, SamplingConfig
-from arcsl.engine.adapters import AdapterVersions
+from arcsl.engine.adapters import AdapterVersions, saved_adapter_file
 from arcsl.engine.decode_weights import DecodeWeights
 from arcsl.engine.decoders import DecoderCache
 from arcsl.engine.finetune import Finetuner
@@ -75,11 +75,7 @@ def resolve_device(name: str) -> torch.device:
 def _adapter_weights(path: str | Path, device: torch.device) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
-    file = Path(path) / "adapter_model.safetensors"
-    if not file.is_file():
-        raise ValueError(f"--adapter {path}: no adapter_model.safetensors there (a peft adapter folder, as "
-                         "arcsl finetune or save_adapter writes)")
-    return load_file(str(file), device=str(device))
+    return load_file(str(saved_adapter_file(path)), device=str(device))
 
 
 def _set_adapter(model, weights: dict[str, torch.Tensor], name: str, path: str | Path) -> None:
@@ -177,8 +173,8 @@ class HFEngine:
         params = [[p for n, p in self.model.named_parameters() if n.split(".")[-2] == name]  # ...lora_A.<name>.weight
                   for name in self.adapter_names]
         self.row_cap_after_oom: int | None = None  # sticky: once a batch size failed, stay below it
-        self.memory_cap = _cap_memory(self.device, cfg.gpu_memory_gb)
-        self.memory = GpuMemory(self.device, self.memory_cap, lambda: self.decoders.pool_bytes if self.decoders else 0) \
+        cap = _cap_memory(self.device, cfg.gpu_memory_gb)
+        self.memory = GpuMemory(self.device, cap, lambda: self.decoders.pool_bytes if self.decoders else 0) \
             if self.device.type == "cuda" else None
         self.finetuner = Finetuner(self.lm, params, self.codec.pad_id, self.autocast_dtype,
                                    self.release_sampler_memory, self.memory)
