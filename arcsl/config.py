@@ -114,7 +114,10 @@ class ModelConfig:
 class SamplingConfig:
     num_samples: int = field(default=8, metadata={"help": "samples per prompt (the prompt is prefilled once for all)"})
     temperature: float = field(default=1.0, metadata={"help": "softmax temperature; 0 = greedy"})
-    top_p: float = field(default=0.95, metadata={"help": "nucleus sampling mass; 1 = off"})
+    top_p: float = field(default=0.95, metadata={
+        "help": "nucleus sampling: keep the most likely tokens until their mass reaches this; 1 = off"})
+    min_p: float = field(default=0.0, metadata={
+        "help": "keep only tokens at least this fraction as likely as the most likely one (SOAR: 0.05); 0 = off"})
     max_new_tokens: int = field(default=1024, metadata={"help": "most tokens generated per sample"})
     ignore_eos: bool = field(default=False, metadata={
         "help": "benchmarks only: every sample gets exactly max_new_tokens (no stop at EOS or at the prompt "
@@ -135,6 +138,8 @@ class SamplingConfig:
             raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not 0 <= self.min_p <= 1:
+            raise ValueError(f"min_p must be in [0, 1] (0 = off), got {self.min_p}")
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.max_batch_size < 0:
@@ -320,8 +325,20 @@ class OfflineConfig:
         "help": "which ones, by train score: best, worst, or spread evenly from best to worst"})
     seed: int = field(default=0, metadata={"help": "seed of the training order"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar with the loss and tokens/s"})
+    checkpoint_every: int = field(default=100, metadata={
+        "help": "optimizer steps between checkpoints (adapter and optimizer state in OUTPUT_DIR/checkpoint); "
+                "Ctrl-C or SIGTERM also writes one after the current step; 0 = only then"})
+    resume: bool = field(default=False, metadata={
+        "help": "go on from OUTPUT_DIR/checkpoint (the same runs and settings) instead of starting afresh"})
+    num_processes: int = field(default=1, metadata={
+        "help": "processes that train the LoRA together (data parallel), one per GPU, started here through "
+                "torch.distributed.run; under torchrun or accelerate launch, their processes are used instead"})
 
     def __post_init__(self):
+        if self.num_processes < 1:
+            raise ValueError(f"num_processes must be >= 1, got {self.num_processes}")
+        if self.checkpoint_every < 0:
+            raise ValueError(f"checkpoint_every must be >= 0 (0 = only when stopped), got {self.checkpoint_every}")
         if not self.from_run:
             raise ValueError("--from-run: give at least one run folder to learn from")
         if self.examples_per_task < -1 or self.examples_per_task == 0:

@@ -4,8 +4,8 @@ import torch
 from tiny_lm import COMPLETION, OTHER_PROMPT, PROMPT, one_thread, tiny_engine, tokenizer  # noqa: F401 (fixtures)
 
 from arcsl.config import FinetuneConfig, SamplingConfig
-from arcsl.engine.sampler import (CHECK_EVERY, EAGER_OPS, CacheDecoder, PromptNoise, SharedPrefixDecoder,
-                                  compiled_ops, generate, pick_tokens)
+from arcsl.engine.sampler import CHECK_EVERY, EAGER_OPS, CacheDecoder, SharedPrefixDecoder, compiled_ops, generate
+from arcsl.engine.token_choice import PromptNoise
 from arcsl.prompting import code_end
 
 
@@ -59,25 +59,6 @@ def test_a_prompts_samples_depend_on_its_seed_not_on_the_prompts_beside_it(token
     [alone] = texts([PROMPT], [5])
     assert texts([OTHER_PROMPT, PROMPT, OTHER_PROMPT], [1, 5, 2])[1] == alone  # other neighbours, other places
     assert texts([PROMPT, PROMPT], [5, 6])[0] == alone and texts([PROMPT], [6])[0] != alone
-
-
-def test_sampled_frequencies_follow_the_softmax():
-    logits = torch.tensor([2.0, 1.0, 0.5, 0.0, -1.0, -3.0])
-    picked = pick_tokens(logits.expand(20000, -1), 0.7, 1.0, PromptNoise([torch.Generator().manual_seed(0)], 20000))
-    freq = torch.bincount(picked, minlength=6).float() / 20000
-    assert 0.5 * (freq - torch.softmax(logits / 0.7, dim=0)).abs().sum() < 0.015  # total variation distance
-
-
-def test_top_p_samples_only_from_the_nucleus():
-    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).expand(2000, -1)
-    picked = pick_tokens(logits, 1.0, 0.7, PromptNoise([torch.Generator().manual_seed(0)], 2000))
-    assert set(picked.tolist()) == {0, 1}  # 0.5 + 0.3 covers 0.7
-    assert 0.55 < (picked == 0).float().mean() < 0.70  # renormalised: 0.5 / 0.8
-
-
-def test_greedy_picks_the_argmax():
-    logits = torch.tensor([[0.1, 3.0, 2.9], [5.0, -1.0, 0.0]])
-    assert pick_tokens(logits, 0.0, 0.5, None).tolist() == [1, 0]
 
 
 class ScriptedDecoder:
@@ -207,3 +188,37 @@ def test_a_prompt_whose_samples_all_stopped_leaves_the_batch(tokenizer):
     assert decoder.kept == [[1]]  # prompt 0 (rows 0, 1) stopped before the first check; prompt 1 runs on
     assert decoder.fed[CHECK_EVERY - 2] == 4 and decoder.fed[CHECK_EVERY - 1] == 2  # narrowed at the first check
     assert [r.tokens[:r.end] for r in rows] == [[7, 1], [8, 9, 1], long, [6, 1]]
+
+
+def test_a_row_is_heard_at_the_check_where_it_stops_and_a_row_cut_by_the_deadline_is_never(tokenizer):
+    decoder = ScriptedDecoder([[7, 1], [5] * 40 + [1], [6] * 200], len(tokenizer))
+    heard, waits = [], []
+    rows = generate(decoder, decoder.prefill(), SamplingConfig(max_new_tokens=100, temperature=0), [1], None,
+                    tokenizer, on_row_end=lambda i, row: heard.append((i, row.end, decoder.num_steps)),
+                    idle=waits.append)
+    assert heard == [(0, 2, CHECK_EVERY - 1), (1, 41, 3 * CHECK_EVERY - 1), (2, 100, 99)]  # as each check finds it
+    assert [r.finish_reason for r in rows] == ["eos", "eos", "length"]
+    assert waits == [0] * (100 // CHECK_EVERY + 1)  # on CPU, one look per check: nothing to wait for
+    decoder = ScriptedDecoder([[1], [5, 5, 1]], len(tokenizer))
+    heard = []
+    rows = generate(decoder, decoder.prefill(), SamplingConfig(max_new_tokens=100, temperature=0), [1], None,
+                    tokenizer, stop_at=0.0, on_row_end=lambda i, row: heard.append(i))
+    assert [r.finish_reason for r in rows] == ["eos", "deadline"] and heard == [0]
+
+
+def test_the_engine_streams_each_sample_once_as_it_returns_it(tokenizer):
+    engine = tiny_engine(tokenizer)
+    heard, waits = {}, []
+
+    def on_complete(i, j, completion):
+        assert (i, j) not in heard
+        heard[i, j] = completion
+
+    def first_e(text):  # a stop rule that ends samples at different lengths
+        return text.index("e") + 1 if "e" in text else None
+
+    cfg = SamplingConfig(num_samples=3, max_new_tokens=40, temperature=1.0)
+    result = engine.sample([PROMPT, OTHER_PROMPT], cfg, seed=3, stop=first_e, on_complete=on_complete,
+                           idle=waits.append)
+    assert heard == {(i, j): c for i, cs in enumerate(result.completions) for j, c in enumerate(cs)}
+    assert {c.finish_reason for c in heard.values()} == {"stop", "length"} and waits and set(waits) == {0}

@@ -1,6 +1,12 @@
-"""The fast sampler's view of a Llama-layout model's weights, with its LoRA adapters stacked or merged in place.
+"""The fast sampler's view of a model's weights, with its LoRA adapters stacked or merged in place.
 
-`DecodeWeights` stores q/k/v and gate/up weights fused (the model's own layers become views of them, so
+The layout is Llama's (pre-norm decoder layers: RMSNorm, q/k/v/o attention with rotary positions, RMSNorm, a
+SiLU-gated MLP), which Mistral, Qwen2/Qwen2.5 and Qwen3 share with three differences the fast path covers:
+biases on linear layers (Qwen2's q/k/v; Llama's optional attention and MLP biases), a per-head RMSNorm on
+queries and keys before the rotary embedding (Qwen3), and a head size that is not hidden / heads (Qwen3,
+some Mistrals). Tied embeddings need nothing (the head is the model's own output layer).
+
+`DecodeWeights` stores q/k/v and gate/up weights (and biases) fused (the model's own layers become views of them, so
 this costs no memory). A call that samples with one adapter keeps its LoRA either as stacked factors
 refreshed in place before sampling, or merged into the base weights while sampling and then restored
 exactly from a copy made once (pinned host memory on a GPU; the copy back runs asynchronously, overlapped
@@ -9,8 +15,9 @@ by side and masks each row's low-rank activations to its own adapter's block, so
 several adapters: two matrix products and one elementwise product per projection, on buffers whose
 addresses never change (CUDA graphs replay them); only the blocks of adapters that changed are refreshed.
 
-What is not covered: DoRA, LoRA biases, 4-bit weights (`DecodeWeights.supports` says no; the engine
-then samples through the model's own forward).
+What is not covered: sliding-window attention, other activations, DoRA, LoRA biases, 4-bit weights
+(`DecodeWeights.unsupported` says which config field or layer; the engine then samples through the model's
+own forward).
 """
 
 from collections.abc import Sequence
@@ -26,6 +33,7 @@ from arcsl.engine.sampler import FAST_MODEL_TYPES
 class Projection:
     """One or several linear layers that read the same input, as one weight (out, in).
 
+    `bias` is the layers' biases side by side (zeros for a layer without one), or None if none has one.
     `members` are the layers with a LoRA: (peft LoRA layer, its first output row, its number of rows).
     `lora_a` (sum of ranks, in) stacks their A factors, `lora_b` (out, sum of ranks) holds scaling * B of
     each in its own block (zeros elsewhere), so the LoRA of the whole group is two matrix products.
@@ -33,6 +41,7 @@ class Projection:
     `lora_a` and `lora_b` side by side, adapter k in block k; made by the first call that mixes adapters.
     """
     weight: torch.Tensor
+    bias: torch.Tensor | None = None
     members: list[tuple[object, int, int]] = field(default_factory=list)
     lora_a: torch.Tensor | None = None
     lora_b: torch.Tensor | None = None
@@ -48,6 +57,8 @@ class LayerWeights:
     o: Projection
     gate_up: Projection
     down: Projection
+    q_norm: torch.Tensor | None = None  # per-head RMSNorm weights of queries and keys (Qwen3), or None
+    k_norm: torch.Tensor | None = None
 
 
 def _lora_factors(module, adapter: str) -> tuple[torch.Tensor, torch.Tensor, float]:
@@ -76,7 +87,7 @@ def _is_plain_lora(module) -> bool:
 
 
 def _is_plain_linear(module) -> bool:
-    return type(module) is torch.nn.Linear and module.bias is None
+    return type(module) is torch.nn.Linear
 
 
 def _fuse(modules: list) -> Projection:
@@ -84,14 +95,20 @@ def _fuse(modules: list) -> Projection:
     is kept, and training, which runs the model's own layers, sees the same values)."""
     linears = [m if _is_plain_linear(m) else m.base_layer for m in modules]
     if len(linears) == 1:
-        weight = linears[0].weight.data
+        weight, bias = linears[0].weight.data, linears[0].bias
+        bias = None if bias is None else bias.data
     else:
         weight = torch.cat([linear.weight.data for linear in linears])
+        has_bias = any(linear.bias is not None for linear in linears)
+        bias = torch.cat([linear.bias.data if linear.bias is not None else weight.new_zeros(linear.out_features)
+                          for linear in linears]) if has_bias else None
         row = 0
         for linear in linears:
             linear.weight.data = weight[row:row + linear.out_features]
+            if linear.bias is not None:
+                linear.bias.data = bias[row:row + linear.out_features]
             row += linear.out_features
-    proj, row = Projection(weight), 0
+    proj, row = Projection(weight, bias), 0
     for module, linear in zip(modules, linears):
         if module is not linear:
             proj.members.append((module, row, linear.out_features))
@@ -104,7 +121,7 @@ def _fuse(modules: list) -> Projection:
 
 
 class DecodeWeights:
-    """The weights of a Llama-layout model with peft LoRA adapters, as `SharedPrefixDecoder` reads them.
+    """The weights of a model of a fast-path family with peft LoRA adapters, as `SharedPrefixDecoder` reads them.
 
     Tensors keep their addresses for the engine's life (CUDA graphs read them there); only their values
     change: `prepare` before sampling with one adapter (its factors refreshed, or its LoRA merged into the
@@ -123,10 +140,13 @@ class DecodeWeights:
         attn = decoder.layers[0].self_attn
         self.num_heads, self.num_kv_heads = config.num_attention_heads, config.num_key_value_heads
         self.head_dim, self.scale = attn.head_dim, attn.scaling
+        # Qwen3's q/k norms: their own epsilon (the config's rms_norm_eps, as the layer norms')
+        self.qk_eps = attn.q_norm.variance_epsilon if hasattr(attn, "q_norm") else self.eps
         self.layers = [LayerWeights(layer.input_layernorm.weight, layer.post_attention_layernorm.weight,
                                     _fuse([layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj]),
                                     _fuse([layer.self_attn.o_proj]),
-                                    _fuse([layer.mlp.gate_proj, layer.mlp.up_proj]), _fuse([layer.mlp.down_proj]))
+                                    _fuse([layer.mlp.gate_proj, layer.mlp.up_proj]), _fuse([layer.mlp.down_proj]),
+                                    *_qk_norms(layer.self_attn))
                        for layer in decoder.layers]
         self.projections = [p for layer in self.layers for p in (layer.qkv, layer.o, layer.gate_up, layer.down)
                             if p.members]
@@ -139,17 +159,29 @@ class DecodeWeights:
         self.saved: list[tuple[torch.Tensor, torch.Tensor]] | None = None  # pristine base weights
 
     @staticmethod
-    def supports(lm) -> bool:
-        """Whether the fast path computes exactly this model: Llama layout, SiLU MLP, no biases, and on
-        every linear layer either no LoRA or one plain LoRA (no DoRA, LoRA bias or quantised base)."""
+    def unsupported(lm) -> str | None:
+        """Why the fast path would not compute this model exactly (the config field or layer, in words), or
+        None: a family it knows (`FAST_MODEL_TYPES`), SiLU MLP, full attention in every layer, and on every
+        linear layer either no LoRA or one plain LoRA (no DoRA, LoRA bias or quantised base)."""
         config = lm.config
-        if config.model_type not in FAST_MODEL_TYPES or config.hidden_act != "silu":
-            return False
-        layers = lm.get_decoder().layers
-        linears = [m for layer in layers for m in (layer.self_attn.q_proj, layer.self_attn.k_proj,
-                                                    layer.self_attn.v_proj, layer.self_attn.o_proj,
-                                                    layer.mlp.gate_proj, layer.mlp.up_proj, layer.mlp.down_proj)]
-        return all(_is_plain_linear(m) or _is_plain_lora(m) for m in linears)
+        if config.model_type not in FAST_MODEL_TYPES:
+            return f"config.model_type={config.model_type!r} (the fast path knows {', '.join(FAST_MODEL_TYPES)})"
+        if config.hidden_act != "silu":
+            return f"config.hidden_act={config.hidden_act!r} (the fast path computes SiLU)"
+        # decided as the models decide it: Qwen's layer_types, Mistral's sliding_window alone
+        if "sliding_attention" in (getattr(config, "layer_types", None) or ()):
+            return f"config.layer_types has sliding_attention (sliding_window={config.sliding_window})"
+        if config.model_type == "mistral" and getattr(config, "sliding_window", None) is not None:
+            return f"config.sliding_window={config.sliding_window} (sliding-window attention)"
+        for i, layer in enumerate(lm.get_decoder().layers):
+            for name, m in (("q_proj", layer.self_attn.q_proj), ("k_proj", layer.self_attn.k_proj),
+                            ("v_proj", layer.self_attn.v_proj), ("o_proj", layer.self_attn.o_proj),
+                            ("gate_proj", layer.mlp.gate_proj), ("up_proj", layer.mlp.up_proj),
+                            ("down_proj", layer.mlp.down_proj)):
+                if not (_is_plain_linear(m) or _is_plain_lora(m)):
+                    return f"layer {i} {name} is a {type(m).__name__} (not a plain linear layer or plain LoRA: " \
+                           "DoRA, a LoRA bias, several active adapters or a quantised base)"
+        return None
 
     @property
     def num_adapters(self) -> int:
@@ -171,7 +203,7 @@ class DecodeWeights:
         shape that broadcasts to (..., num_adapters, 1): (rows, num_adapters, 1) in decode, (prompts, 1,
         num_adapters, 1) in prefill.
         """
-        y = F.linear(x, proj.weight)
+        y = F.linear(x, proj.weight, proj.bias)
         if proj.lora_a is None or not self.apply_lora:
             return y
         if self.is_mixed:
@@ -233,6 +265,13 @@ class DecodeWeights:
         for weight, saved in self.saved or []:
             weight.copy_(saved, non_blocking=True)
         self.is_merged = False
+
+
+def _qk_norms(attn) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The per-head RMSNorm weights of queries and keys (Qwen3), or (None, None)."""
+    if not hasattr(attn, "q_norm"):
+        return None, None
+    return attn.q_norm.weight, attn.k_norm.weight
 
 
 def _saved_copy(weight: torch.Tensor) -> torch.Tensor:

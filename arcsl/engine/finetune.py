@@ -17,15 +17,20 @@ What is covered:
   (and the end token that closes them).
 - `completion_loss`: logits are computed only at the positions that predict completion tokens, so a
   4k-token prompt never materialises a 4k x vocab logits tensor.
+- data parallelism (`DataParallel`, set by `arcsl finetune` when several processes train one LoRA): every
+  process sees the same steps; each runs its share of a step's examples, the loss normalised by the whole
+  step's completion tokens, and one all-reduce sums the gradients (and the loss), so every process takes the
+  step one process would have taken, up to the order of the float sums.
 
 What is not covered: packing several examples into one row, learning-rate decay, training several
-adapters in one step (a call trains one; the caller makes it the model's active adapter), distributed
-training (one engine per GPU; tasks are sharded, not batches).
+adapters in one step (a call trains one; the caller makes it the model's active adapter), data parallelism
+in the per-task rounds (there tasks are sharded over the workers, not batches).
 """
 
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -68,6 +73,31 @@ def micro_batches(seqs: list[Tokenized], max_tokens: int) -> list[list[Tokenized
     return batches
 
 
+@dataclass(frozen=True, slots=True)
+class DataParallel:
+    """This process's place among `world_size` processes that train one LoRA together (torch.distributed is
+    initialised by the caller)."""
+    rank: int
+    world_size: int
+
+    def shard(self, seqs: list[Tokenized]) -> list[Tokenized]:
+        """This process's share of a step's examples: dealt out longest first, so the tokens come out even."""
+        return sorted(seqs, key=lambda s: len(s[0]), reverse=True)[self.rank::self.world_size]
+
+    def sum(self, params: list[torch.nn.Parameter], loss: torch.Tensor) -> None:
+        """Sums every process's gradients of `params` and `loss` in place, in one all-reduce."""
+        import torch.distributed as dist
+
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]  # a share may be empty
+        flat = torch.cat([g.flatten() for g in grads] + [loss.reshape(1).to(grads[0].dtype)])
+        dist.all_reduce(flat)
+        start = 0
+        for p, g in zip(params, grads):
+            p.grad = flat[start:start + g.numel()].view_as(g)
+            start += g.numel()
+        loss.copy_(flat[-1])
+
+
 class Finetuner:
     """The training state of one engine: each adapter's LoRA parameters and optimizer, and their initial values.
 
@@ -99,6 +129,7 @@ class Finetuner:
         self.checkpoint_from_tokens: int | None = None
         self.counts = {"checkpointed": 0, "oom_retries": 0}
         self.micro_batch: tuple[int, bool] = (0, False)  # (padded tokens, checkpointed) of the one running
+        self.data_parallel: DataParallel | None = None  # set when several processes train this LoRA together
         for adapter in range(1, len(params)):
             self.reset(adapter)
 
@@ -114,6 +145,14 @@ class Finetuner:
         optimizer.state.clear()  # AdamW re-creates zeroed moments at its next step
         optimizer.zero_grad(set_to_none=True)
         self.num_steps[adapter] = 0
+
+    def optimizer_state(self, adapter: int) -> dict:
+        """What training `adapter` further needs besides its LoRA values: its AdamW moments and step count."""
+        return {"optimizer": self.optimizers[adapter].state_dict(), "num_steps": self.num_steps[adapter]}
+
+    def load_optimizer_state(self, adapter: int, state: dict) -> None:
+        self.optimizers[adapter].load_state_dict(state["optimizer"])
+        self.num_steps[adapter] = state["num_steps"]
 
     def run(self, seqs: list[Tokenized], cfg: FinetuneConfig, seed: int, adapter: int = 0,
             stop_at: float | None = None) -> FinetuneStats:
@@ -181,9 +220,10 @@ class Finetuner:
                 torch.cuda.empty_cache()
 
     def _try_step(self, seqs: list[Tokenized], cfg: FinetuneConfig, adapter: int) -> torch.Tensor:
-        num_loss_tokens = sum(len(ids) - n for ids, n in seqs)
+        num_loss_tokens = sum(len(ids) - n for ids, n in seqs)  # the whole step's, whichever share runs here
         total = torch.zeros((), device=self.device)
-        for k, batch in enumerate(micro_batches(seqs, cfg.max_tokens_per_micro_batch)):
+        mine = self.data_parallel.shard(seqs) if self.data_parallel else seqs
+        for k, batch in enumerate(micro_batches(mine, cfg.max_tokens_per_micro_batch)):
             tokens = len(batch) * len(batch[0][0])  # padded: the longest comes first
             limit = self.checkpoint_from_tokens
             checkpointed = cfg.gradient_checkpointing or (limit is not None and tokens >= limit)
@@ -198,6 +238,8 @@ class Finetuner:
                 loss = completion_loss(self.lm, input_ids, loss_mask) / num_loss_tokens
             loss.backward()
             total += loss.detach()
+        if self.data_parallel is not None:
+            self.data_parallel.sum(self.params[adapter], total)
         if cfg.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.params[adapter], cfg.max_grad_norm)
         optimizer = self.optimizers[adapter]

@@ -19,7 +19,8 @@ weights on GPU); sampling in planned batches, the row cap halved on out-of-memor
 retried; several adapters (`ModelConfig.num_adapters`, one per task searched together), each fine-tuned,
 reset, saved and loaded on its own, and one `sample` call decoding prompts of different adapters in one
 batch; adapters saved and loaded as peft safetensors; a saved adapter as every adapter's starting point
-(`ModelConfig.adapter`: reset returns to it), or merged into the base weights (`merge_adapter`).
+(`ModelConfig.adapter`: reset returns to it), or merged into the base weights (`merge_adapter`); each sample
+streamed to the caller as it stops (`on_complete`), and the host's waits for the GPU lent to it (`idle`).
 
 What is not covered: training several adapters in one step, multi-GPU models. DoRA, LoRA biases and 4-bit
 base weights sample through the model's own forward (`CacheDecoder`), which is slower.
@@ -28,7 +29,8 @@ base weights sample through the model's own forward (`CacheDecoder`), which is s
 import json
 import numbers
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -42,7 +44,10 @@ from arcsl.engine.memory import SAFETY, GpuMemory
 from arcsl.engine.planner import CPU_ROW_CAP, BatchLimits, ModelShape, batch_bytes, initial_work, next_batch
 from arcsl.engine.sampler import CacheDecoder, PromptNoise, RowState, generate
 from arcsl.engine.tokens import PromptCodec
-from arcsl.engine.types import Completion, Example, FinetuneStats, Prompt, SampleResult, SampleStats, StopRule
+from arcsl.engine.types import (Completion, Example, FinetuneStats, Idle, OnComplete, Prompt, SampleResult, SampleStats,
+                                StopRule)
+
+TRAINING_STATE = "training_state.pt"  # beside a checkpoint's adapter files: the optimizer state
 
 
 def _prompt_seeds(seed: int | Sequence[int], num_prompts: int) -> list[int]:
@@ -165,7 +170,11 @@ class HFEngine:
             _set_adapter(self.model, weights, "default", cfg.adapter)
         self.codec = PromptCodec(self.lm, tokenizer)
         self.shape = ModelShape.from_config(self.lm.config)
-        self.weights = DecodeWeights(self.lm, self.adapter_names) if DecodeWeights.supports(self.lm) else None
+        slow_because = DecodeWeights.unsupported(self.lm)
+        if slow_because is not None:
+            warnings.warn(f"sampling through the model's own forward (slower), not the fast path: {slow_because}",
+                          stacklevel=2)
+        self.weights = DecodeWeights(self.lm, self.adapter_names) if slow_because is None else None
         self.is_fast = self.weights is not None  # else sampling runs the model's own forward, prompt by prompt
         self.decoders = DecoderCache(self.weights, self.device) if self.is_fast else None
         self.versions = AdapterVersions(cfg.num_adapters)
@@ -184,14 +193,19 @@ class HFEngine:
 
     def sample(self, prompts: Sequence[Prompt], cfg: SamplingConfig, seed: int | Sequence[int] = 0,
                adapters: Sequence[int] | None = None, stop: StopRule | None = None,
-               stop_at: float | None = None) -> SampleResult:
+               stop_at: float | None = None, on_complete: OnComplete | None = None,
+               idle: Idle | None = None) -> SampleResult:
         """`cfg.num_samples` completions per prompt, prompt i through adapter `adapters[i]` (None: adapter 0),
         each ending at an end token, where `stop` says, or at `cfg.max_new_tokens`. Prompt i's samples draw
         from its own seed (`seed[i]`, or `seed + i` for one int), so a prompt, its seed and its adapter give the
         same texts whichever prompts share the call (up to the arithmetic of other batch shapes on a GPU).
         Prompts of different adapters share batches; greedy texts are those of each adapter's prompts alone.
         From `stop_at` (time.monotonic(): a deadline) on, no batch starts and the samples still running are
-        dropped: a prompt may then get fewer samples, or none."""
+        dropped: a prompt may then get fewer samples, or none.
+
+        `on_complete(i, j, completion)` hears each sample at the stop check where it ends, built as it is
+        returned; the samples of a batch retried after running out of memory are heard again. `idle(seconds)`
+        gets the host's waits for the device at those checks (see `sampler.generate`)."""
         start = time.perf_counter()
         if stop is not None and not cfg.ignore_eos and self.codec.tokenizer is None:
             raise ValueError("a stop rule reads text, and this engine has no tokenizer")
@@ -208,7 +222,7 @@ class HFEngine:
                 self._sync()
                 merge_s = time.perf_counter() - merge_start
             rows, timing = self._sample_ids(ids, adapters, cfg, generators, None if cfg.ignore_eos else stop,
-                                            stop_at)
+                                            stop_at, on_complete, idle)
         finally:
             if self.weights is not None and self.weights.is_merged:
                 self.weights.restore()  # asynchronous on a GPU: overlaps with what the caller does next
@@ -244,8 +258,8 @@ class HFEngine:
         return list(adapters)
 
     def _sample_ids(self, ids: list[list[int]], adapters: list[int], cfg: SamplingConfig,
-                    generators: list[torch.Generator], stop: StopRule | None,
-                    stop_at: float | None) -> tuple[list[list[RowState]], dict]:
+                    generators: list[torch.Generator], stop: StopRule | None, stop_at: float | None,
+                    on_complete: OnComplete | None, idle: Idle | None) -> tuple[list[list[RowState]], dict]:
         rows: list[list[RowState]] = [[] for _ in ids]
         lengths = [len(p) for p in ids]
         work = initial_work(lengths, cfg.num_samples)
@@ -255,7 +269,7 @@ class HFEngine:
             try:
                 results = self._run_batch([ids[i] for i in batch], [adapters[i] for i in batch], per_prompt, cfg,
                                           PromptNoise([generators[i] for i in batch], per_prompt), stop, timing,
-                                          stop_at)
+                                          stop_at, self._streamer(on_complete, batch, per_prompt, rows), idle)
             except torch.OutOfMemoryError:
                 results = None
             if results is None:  # outside the except block, so the failed batch's tensors are freed
@@ -267,6 +281,18 @@ class HFEngine:
             for k, i in enumerate(batch):
                 rows[i].extend(results[k * per_prompt:(k + 1) * per_prompt])
         return rows, timing
+
+    def _streamer(self, on_complete: OnComplete | None, batch: list[int], per_prompt: int,
+                  rows: list[list[RowState]]) -> Callable[[int, RowState], None] | None:
+        """`generate`'s `on_row_end` for a batch of prompts `batch`: its row k is sample number
+        (samples the prompt had before this batch) + k % per_prompt of prompt batch[k // per_prompt]."""
+        if on_complete is None:
+            return None
+        first = [len(rows[i]) for i in batch]
+
+        def on_row_end(k: int, row: RowState) -> None:
+            on_complete(batch[k // per_prompt], first[k // per_prompt] + k % per_prompt, self._completions([row])[0])
+        return on_row_end
 
     def _limits(self, cfg: SamplingConfig) -> BatchLimits:
         """This call's batch limits: the row cap, and on a GPU what available memory allows (kept decoders give
@@ -292,7 +318,8 @@ class HFEngine:
             torch.cuda.empty_cache()
 
     def _run_batch(self, prompts: list[list[int]], adapters: list[int], per_prompt: int, cfg: SamplingConfig,
-                   noise: PromptNoise, stop: StopRule | None, timing: dict, stop_at: float | None) -> list[RowState]:
+                   noise: PromptNoise, stop: StopRule | None, timing: dict, stop_at: float | None,
+                   on_row_end: Callable[[int, RowState], None] | None, idle: Idle | None) -> list[RowState]:
         if self.is_fast:
             need = batch_bytes(self.shape, len(prompts), per_prompt, max(map(len, prompts)), cfg.max_new_tokens, True)
             available = (lambda: SAFETY * self.memory.available()) if self.memory else (lambda: float("inf"))
@@ -307,7 +334,7 @@ class HFEngine:
         self._sync()
         prefilled = time.perf_counter()
         stop_ids = [] if cfg.ignore_eos else self.codec.stop_ids
-        rows = generate(decoder, logits, cfg, stop_ids, noise, self.codec.tokenizer, stop, stop_at)
+        rows = generate(decoder, logits, cfg, stop_ids, noise, self.codec.tokenizer, stop, stop_at, on_row_end, idle)
         capture = decoder.capture_s - captured
         timing["prefill"] += prefilled - start
         timing["decode"] += time.perf_counter() - prefilled - capture
@@ -370,6 +397,17 @@ class HFEngine:
         self.versions.changed(adapter)
         _set_adapter(self.model, weights, self.adapter_names[adapter], path)
         self.finetuner.clear_optimizer(adapter)
+
+    def save_checkpoint(self, path: str | Path, adapter: int = 0) -> None:
+        """`save_adapter`, plus the adapter's optimizer state (training_state.pt): enough to go on training."""
+        self.save_adapter(path, adapter)
+        torch.save(self.finetuner.optimizer_state(adapter), Path(path) / TRAINING_STATE)
+
+    def load_checkpoint(self, path: str | Path, adapter: int = 0) -> None:
+        """Puts a `save_checkpoint` back: the LoRA values and the optimizer state (the warm-up goes on too)."""
+        state = torch.load(Path(path) / TRAINING_STATE, map_location=self.device)
+        self.load_adapter(path, adapter)
+        self.finetuner.load_optimizer_state(adapter, state)
 
     # --- helpers ------------------------------------------------------------------------------------
 

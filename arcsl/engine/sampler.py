@@ -1,9 +1,10 @@
 """Batched sampling from a causal LM: every prompt is prefilled once and its samples decoded together.
 
 What is covered:
-- `SharedPrefixDecoder` (Llama-layout models, weights from `decode_weights.DecodeWeights`): the prompt's KV cache is
-  stored once and attended by all of its samples (never copied per sample); each sample's own tokens go to
-  a static cache. Attention runs in two parts, prompt and own tokens, merged by their log-sum-exp, with the
+- `SharedPrefixDecoder` (Llama, Mistral, Qwen2/2.5 and Qwen3 models; weights from `decode_weights.
+  DecodeWeights`, which says what the families share and where they differ): the prompt's KV cache is stored
+  once and attended by all of its samples (never copied per sample); each sample's own tokens go to a
+  static cache. Attention runs in two parts, prompt and own tokens, merged by their log-sum-exp, with the
   KV heads never expanded (native GQA). A decoder lives as long as the engine: its caches are reused by
   every batch of the same shape, and its decode steps, captured as CUDA graphs once per (prompt-length
   bucket, step-cache width), are replayed across calls and rounds (the weights they read are updated in
@@ -14,14 +15,16 @@ What is covered:
   process, so each becomes one fused kernel (a step has ~16 kernels per layer instead of ~75).
 - `CacheDecoder`: any Hugging Face causal LM through its own forward; the prompt is prefilled once and its
   cache copied to each sample. Slower; the fallback for architectures the fast path does not know.
-- `pick_tokens`: greedy, temperature and top-p sampling from explicit noise (reproducible); `PromptNoise` draws
-  each prompt's rows from that prompt's own generator, so a sample depends on its prompt's seed, not on which
-  prompts share its batch (as long as its samples are not split over batches or retried after running out of
-  memory, and up to the arithmetic of other batch shapes on a GPU).
+- token choice (`token_choice.pick_tokens`): greedy, temperature, top-p and min-p sampling from explicit
+  noise, without sorting the vocabulary; `PromptNoise` draws each prompt's rows from that prompt's own
+  generator, so a sample depends on its prompt's seed, not on which prompts share its batch (as long as its
+  samples are not split over batches or retried after running out of memory, and up to the arithmetic of
+  other batch shapes on a GPU).
 - `generate`: the decode loop, with stops at EOS/end-of-turn or where the caller's stop rule (a `StopRule`,
   e.g. the prompt format's) says the text is complete; the sampler does not know what the rule looks for.
   On CPU, where a step costs in proportion to its rows, a prompt whose samples have all stopped leaves the
-  batch.
+  batch. Each sample is handed to the caller at the check where it stops (`on_row_end`), and on a GPU the
+  host's wait at each check is given to the caller (`idle`), e.g. to run the finished samples' programs.
 
 What is not covered: continuous batching (a batch runs until its last sample stops; on a GPU a finished
 sample still occupies its row, which costs little because a decode step is bound by reading the weights),
@@ -39,50 +42,12 @@ from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, rotat
 
 from arcsl.config import SamplingConfig
 from arcsl.engine.planner import ALIGN, PREFILL_TOKENS, PROMPT_ALIGN, round_up
+from arcsl.engine.token_choice import PromptNoise, pick_tokens
 from arcsl.engine.types import StopRule
 
-FAST_MODEL_TYPES = ("llama",)  # decoder layout the fast path re-implements (q/k/v/o, rotary, pre-norm, MLP)
+# families whose decoder layout the fast path re-implements (q/k/v/o, rotary, pre-norm, SiLU MLP; biases, q/k norms)
+FAST_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 CHECK_EVERY = 16  # decode steps between host syncs (stop checks); finished samples run on until then
-
-
-# --- token choice -----------------------------------------------------------------------------------
-
-
-class PromptNoise:
-    """Standard exponential noise for a batch's rows: prompt i's `rows_per_prompt` rows from `generators[i]`."""
-
-    def __init__(self, generators: list[torch.Generator], rows_per_prompt: int):
-        self.generators, self.rows_per_prompt = list(generators), rows_per_prompt
-
-    def __call__(self, like: torch.Tensor) -> torch.Tensor:
-        noise, m = torch.empty_like(like), self.rows_per_prompt
-        assert noise.shape[0] == m * len(self.generators), \
-            f"{noise.shape[0]} rows for {len(self.generators)} prompts of {m} rows"
-        for i, generator in enumerate(self.generators):
-            noise[i * m:(i + 1) * m].exponential_(generator=generator)
-        return noise
-
-    def keep(self, prompts: list[int]) -> None:
-        """Only these prompts (indices into the current ones) still draw: the batch was narrowed to them."""
-        self.generators = [self.generators[p] for p in prompts]
-
-
-def pick_tokens(logits: torch.Tensor, temperature: float, top_p: float,
-                noise: PromptNoise | None) -> torch.Tensor:
-    """Next token per row from float32 logits; temperature 0 is greedy (no noise needed). Shape: (b, vocab) -> (b,).
-
-    Sampling draws one exponential variable E per candidate and takes argmax(p / E), which is a draw from p
-    (the "exponential race"): no renormalisation after top-p, and seeded `noise` makes it reproducible.
-    """
-    if temperature == 0:
-        return logits.argmax(dim=-1)
-    probs = torch.softmax(logits / temperature, dim=-1)
-    if top_p >= 1:
-        return (probs / noise(probs)).argmax(dim=-1)
-    sorted_probs, order = probs.sort(dim=-1, descending=True)
-    outside = sorted_probs.cumsum(dim=-1) - sorted_probs > top_p  # mass before this token already covers top_p
-    sorted_probs = sorted_probs.masked_fill(outside, 0.0)
-    return order.gather(-1, (sorted_probs / noise(sorted_probs)).argmax(dim=-1, keepdim=True)).squeeze(-1)
 
 
 # --- the fused pieces of a decode step --------------------------------------------------------------
@@ -106,9 +71,11 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
-def rotate(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_kv_heads: int,
-           rows_per_prompt: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Rotary embedding of one decode step's queries and keys, in the layouts attention reads.
+def rotate(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_kv_heads: int, rows_per_prompt: int,
+           q_norm: torch.Tensor | None = None, k_norm: torch.Tensor | None = None,
+           eps: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rotary embedding of one decode step's queries and keys, in the layouts attention reads; first their
+    per-head RMSNorm where the model has one (Qwen3: `q_norm`, `k_norm`).
 
     Shapes: qkv (rows, (heads + 2 kv) * d), cos and sin (rows, d) -> q_own (rows * kv, group, d),
     q_shared (prompts * kv, m * group, d) with m = rows_per_prompt, kv_new (2, rows, kv, 1, d): K and V.
@@ -118,6 +85,8 @@ def rotate(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_kv_heads
     heads = qkv.shape[1] // d - 2 * num_kv_heads
     group = heads // num_kv_heads
     q, k, v = qkv.view(rows, -1, d).split([heads, num_kv_heads, num_kv_heads], dim=1)
+    if q_norm is not None:
+        q, k = F.rms_norm(q, (d,), q_norm, eps), F.rms_norm(k, (d,), k_norm, eps)
     cos, sin = cos[:, None], sin[:, None]
     q = q * cos + rotate_half(q) * sin
     k = k * cos + rotate_half(k) * sin
@@ -192,7 +161,7 @@ def attention_scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 
 
 class SharedPrefixDecoder:
-    """Decodes `rows_per_prompt` samples of each of `num_prompts` prompts as one batch (Llama layout).
+    """Decodes `rows_per_prompt` samples of each of `num_prompts` prompts as one batch.
 
     Caches, per layer: prompt K/V (2, num_prompts, kv_heads, prompt_cap, head_dim), written by `prefill`;
     sample K/V (2, rows, kv_heads, step_cap, head_dim), one slot per decode step. Row r samples prompt
@@ -325,6 +294,8 @@ class SharedPrefixDecoder:
         for i, layer in enumerate(w.layers):
             q, k, v = w.project(layer.qkv, h, mask).view(b, n, -1, w.head_dim).transpose(1, 2).split(
                 [w.num_heads, w.num_kv_heads, w.num_kv_heads], dim=1)
+            if layer.q_norm is not None:
+                q, k = rms_norm(q, layer.q_norm, w.qk_eps), rms_norm(k, layer.k_norm, w.qk_eps)
             q, k = apply_rotary_pos_emb(q, k, cos, sin)
             self.prompt_kv[i, 0, start:end, :, :n] = k
             self.prompt_kv[i, 1, start:end, :, :n] = v
@@ -390,7 +361,8 @@ class SharedPrefixDecoder:
 
     def _attention(self, i, qkv, cos, sin, step_bias, width, prompt_cap) -> torch.Tensor:
         ops, kv, m, d = self.ops, self.w.num_kv_heads, self.rows_per_prompt, self.w.head_dim
-        q_own, q_shared, kv_new = ops.rotate(qkv, cos, sin, kv, m)
+        layer = self.w.layers[i]
+        q_own, q_shared, kv_new = ops.rotate(qkv, cos, sin, kv, m, layer.q_norm, layer.k_norm, self.w.qk_eps)
         self.step_kv[i].index_copy_(3, self.step_index, kv_new)
         keys, values = (self.step_kv[i, j, :, :, :width].reshape(-1, width, d) for j in (0, 1))
         own, own_lse = ops.softmax_lse(attention_scores(q_own, keys), step_bias, self.w.scale, self.dtype)
@@ -451,26 +423,35 @@ class RowState:
 
 def generate(decoder, logits: torch.Tensor, cfg: SamplingConfig, stop_ids: list[int],
              noise: PromptNoise | None, tokenizer, stop: StopRule | None = None,
-             stop_at: float | None = None) -> list[RowState]:
+             stop_at: float | None = None, on_row_end: Callable[[int, RowState], None] | None = None,
+             idle: Callable[[float], None] | None = None) -> list[RowState]:
     """Samples from the prefilled `decoder` (`logits`: its first-token logits) until every row has stopped
     or has `cfg.max_new_tokens`; returns one finished `RowState` per row.
 
     Stops: a token in `stop_ids` (EOS, end of turn; not part of the text), or `stop` answering for the text
     so far (the text is cut where it says). `tokenizer` is needed only for `stop`. At `stop_at`
     (time.monotonic(), read after every step) the rows still running end with finish_reason "deadline".
+
+    Stops are found at a host sync every CHECK_EVERY steps. `on_row_end(i, row)` hears row i there once it
+    has stopped, its state final (rows ended by the deadline are not heard). `idle(seconds)` is called while
+    the host waits for the device at a sync (on CUDA, in slices of 1 ms while the step's tokens are copied to
+    the host; on CPU, once per sync with 0), so the caller can work while the device decodes.
     """
     rows = [RowState() for _ in range(decoder.num_rows)]
     out = torch.zeros(decoder.num_rows, cfg.max_new_tokens, dtype=torch.long, device=logits.device)
     live = slice(None)  # the rows of `rows` the decoder samples: all, until it is narrowed
     checked = 0
     for step in range(cfg.max_new_tokens):
-        out[live, step] = pick_tokens(logits, cfg.temperature, cfg.top_p, noise)
+        out[live, step] = pick_tokens(logits, cfg.temperature, cfg.top_p, noise, cfg.min_p)
         done = step + 1
         late = stop_at is not None and time.monotonic() >= stop_at  # a host clock read: no sync
         if late or done == cfg.max_new_tokens or done % CHECK_EVERY == 0:
-            new = out[:, checked:done].tolist()  # the only host sync: once per CHECK_EVERY steps
-            _check_stops(rows, new, checked, set(stop_ids), stop, tokenizer)
+            new = _to_host(out[:, checked:done], idle)  # the only host sync: once per CHECK_EVERY steps
+            ended = _check_stops(rows, new, checked, set(stop_ids), stop, tokenizer)
             checked = done
+            if on_row_end is not None:
+                for i in ended:
+                    on_row_end(i, rows[i])
             if all(r.end is not None for r in rows):
                 break
             if late:
@@ -482,10 +463,28 @@ def generate(decoder, logits: torch.Tensor, cfg: SamplingConfig, stop_ids: list[
                 live = _drop_stopped_prompts(decoder, rows, live, noise)
         if done < cfg.max_new_tokens:
             logits = decoder.step(out[live, step], step)
-    for row in rows:
+    for i, row in enumerate(rows):
         if row.end is None:
             row.end = len(row.tokens)
+            if on_row_end is not None and row.finish_reason == "length":
+                on_row_end(i, row)
     return rows
+
+
+def _to_host(tokens: torch.Tensor, idle: Callable[[float], None] | None) -> list[list[int]]:
+    """`tokens` as lists, once the device has computed them; `idle` gets the wait (see `generate`)."""
+    if idle is None:
+        return tokens.tolist()
+    if tokens.device.type != "cuda":
+        idle(0)  # nothing to wait for: one look, so the caller's work keeps moving between syncs
+        return tokens.tolist()
+    host = torch.empty(tokens.shape, dtype=tokens.dtype, pin_memory=True)
+    host.copy_(tokens, non_blocking=True)
+    copied = torch.cuda.Event()
+    copied.record()
+    while not copied.query():
+        idle(0.001)  # short slices: the device waits for the host from the copy's end to the slice's
+    return host.tolist()
 
 
 def _drop_stopped_prompts(decoder, rows: list[RowState], live: slice | torch.Tensor,
@@ -502,7 +501,8 @@ def _drop_stopped_prompts(decoder, rows: list[RowState], live: slice | torch.Ten
 
 
 def _check_stops(rows: list[RowState], new: list[list[int]], offset: int, stop_ids: set[int],
-                 stop: StopRule | None, tokenizer) -> None:
+                 stop: StopRule | None, tokenizer) -> list[int]:
+    """Adds the new tokens of the rows still running and ends those that stopped; returns the rows it ended."""
     live = [i for i, r in enumerate(rows) if r.end is None]
     for i in live:
         rows[i].tokens.extend(new[i])
@@ -517,6 +517,7 @@ def _check_stops(rows: list[RowState], new: list[list[int]], offset: int, stop_i
     for i in live:
         if rows[i].end is None and eos_at[i] is not None:
             rows[i].end, rows[i].finish_reason = offset + eos_at[i] + 1, "eos"
+    return [i for i in live if rows[i].end is not None]
 
 
 def _stop_where_rule_says(row: RowState, offset: int, tokenizer, stop: StopRule) -> None:

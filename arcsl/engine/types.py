@@ -9,6 +9,8 @@ remote server, a scripted fake) implements `Engine` without touching the rest of
   far and stops the sample when it answers; it knows nothing of what the rule looks for (a prompt format
   owns its rule: BARC's stops after its program's code block).
 - `Completion`, `SampleStats`, `SampleResult`: one sampling call's texts and costs.
+- `OnComplete`, `Idle`: optional hooks of `Engine.sample`, so that the caller can use each completion as soon
+  as it stops (e.g. run its program) while the engine decodes the others.
 - `FinetuneStats`: one fine-tuning call's costs.
 """
 
@@ -33,6 +35,13 @@ Example = tuple[Prompt, str | list[int]]  # (prompt, completion: the assistant t
 StopRule = Callable[[str], int | None]
 """completion text so far -> None while it may go on, or the length of the text to keep once it is complete.
 It must be monotone: once it answers for a text, it answers the same for every text that extends it."""
+
+
+OnComplete = Callable[[int, int, "Completion"], None]
+"""(prompt index, sample index, completion): a sample has stopped, before `sample` returns."""
+
+Idle = Callable[[float], None]
+"""seconds: the engine is waiting for its device; the caller may work for at most that long (0: a quick look)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,12 +102,19 @@ class Engine(Protocol):
 
     def sample(self, prompts: Sequence[Prompt], cfg: SamplingConfig, seed: int | Sequence[int] = 0,
                adapters: Sequence[int] | None = None, stop: StopRule | None = None,
-               stop_at: float | None = None) -> SampleResult:
+               stop_at: float | None = None, on_complete: OnComplete | None = None,
+               idle: Idle | None = None) -> SampleResult:
         """`cfg.num_samples` completions of each prompt, prompt i through adapter `adapters[i]` (None: all
         through adapter 0), each ending at an end token, at `stop`'s answer or at `cfg.max_new_tokens`.
         Prompt i draws from its own seed (`seed[i]`, or `seed + i` for one int), not from its neighbours'.
         At `stop_at` (time.monotonic(): a deadline) the call ends soon after, without the samples it had not
-        finished: a prompt may then get fewer than `cfg.num_samples`, or none."""
+        finished: a prompt may then get fewer than `cfg.num_samples`, or none.
+
+        Streaming, both optional (an engine may ignore them; the returned completions are what counts):
+        `on_complete(i, j, completion)` hears sample j of prompt i once it has stopped, as it will be
+        returned. A sample may be heard and then sampled again (a batch retried after running out of
+        memory: heard again, or not returned if the deadline came first). `idle(seconds)` lets the caller
+        work while the engine waits for its device, for at most `seconds` each call."""
 
     def finetune(self, examples: Sequence[Example], cfg: FinetuneConfig, seed: int = 0, adapter: int = 0,
                  stop_at: float | None = None) -> FinetuneStats:
