@@ -152,7 +152,8 @@ def main(argv: list[str] | None = None) -> int:
             return run_solve(solve_config(args))
         if args.command == "finetune":
             return run_finetune(*(config_from_args(cls, args) for cls in (OfflineConfig, ModelConfig, FinetuneConfig,
-                                                                           RelabelConfig)))
+                                                                           RelabelConfig)),
+                                argv=sys.argv[1:] if argv is None else argv)
         data = catalog.resolve_dataset(config_from_args(DataConfig, args, **(
             {"task_ids": args.ids} if args.command == "show" else {})))
         if args.command == "tasks":
@@ -164,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "validate-submission":
             return validate_submission(data, Path(args.submission))
     except ValueError as e:  # user mistakes (bad flags, bad files): one clear line, no traceback
-        print(f"arcsl {args.command}: error: {e}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # one line, not one per data-parallel process
+            print(f"arcsl {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM during a run (arcsl.solve.Stopped)
         from arcsl.solve import Stopped
@@ -198,10 +200,20 @@ def run_solve(cfg: SolveConfig) -> int:
     return 0
 
 
-def run_finetune(offline: OfflineConfig, model: ModelConfig, finetune: FinetuneConfig, relabel: RelabelConfig) -> int:
+def run_finetune(offline: OfflineConfig, model: ModelConfig, finetune: FinetuneConfig, relabel: RelabelConfig,
+                 argv: list[str]) -> int:
     from arcsl.offline import finetune_offline
 
     catalog.check_model(model.model)
+    world_size = os.environ.get("WORLD_SIZE")
+    if world_size is None and offline.num_processes > 1:  # start them: this same command under torchrun
+        import subprocess
+
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                   f"--nproc-per-node={offline.num_processes}", "-m", "arcsl.cli", *argv]
+        return subprocess.run(command).returncode
+    if world_size is not None and offline.num_processes not in (1, int(world_size)):
+        raise ValueError(f"--num-processes {offline.num_processes}, but the launcher started {world_size} processes")
     finetune_offline(offline, model, finetune, relabel, catalog.PROMPT_FORMATS)
     return 0
 

@@ -73,3 +73,83 @@ def test_bad_sources_are_one_clear_line(tmp_path, capsys):
     assert "not a run folder (it needs config.json and results.sqlite)" in capsys.readouterr().err
     with pytest.raises(ValueError, match="select must be one of"):
         OfflineConfig(from_run=["x"], select="median")
+
+
+FINETUNE = ["finetune", "--examples-per-task", "4", "--learning-rate", "1e-3", "--num-epochs", "2",
+            "--examples-per-step", "2", "--max-seq-len", "2048", "--max-tokens-per-micro-batch", "8192", "--no-progress",
+            *TOY]
+
+
+@pytest.fixture(scope="module")
+def trained(searched, tmp_path_factory):
+    """`arcsl finetune` in one process, without a stop: the reference."""
+    out = tmp_path_factory.mktemp("trained") / "adapter"
+    assert main([*FINETUNE, "--from-run", str(searched), "--output-dir", str(out)]) == 0
+    return out
+
+
+def adapter_tensors(folder):
+    from safetensors.torch import load_file
+
+    return load_file(folder / "adapter_model.safetensors")
+
+
+def test_a_stopped_finetune_resumes_from_its_checkpoint_to_the_same_adapter(searched, trained, tmp_path, monkeypatch,
+                                                                          capsys):
+    import os
+    import signal
+
+    import torch
+
+    from arcsl.engine.hf import HFEngine
+
+    whole, split = trained, tmp_path / "split"
+    assert not (whole / "checkpoint").exists()  # the adapter supersedes it
+    train_step, calls = HFEngine.finetune, []
+
+    def stopped_at_third_step(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # arrives during the step: it ends, then the run stops
+        return train_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(HFEngine, "finetune", stopped_at_third_step)
+    assert main([*FINETUNE, "--from-run", str(searched), "--output-dir", str(split), "--checkpoint-every", "2"]) == 143
+    assert "checkpoint at step 3" in capsys.readouterr().err
+    assert json.loads((split / "checkpoint" / "progress.json").read_text())["step"] == 3
+    assert not (split / "adapter_model.safetensors").exists()
+    monkeypatch.setattr(HFEngine, "finetune", train_step)
+    # without --resume the checkpoint is not overwritten; with other settings it is not resumed
+    assert main([*FINETUNE, "--from-run", str(searched), "--output-dir", str(split)]) == 2
+    assert "holds a checkpoint at step 3" in capsys.readouterr().err
+    assert main([*FINETUNE, "--from-run", str(searched), "--output-dir", str(split), "--resume", "--seed", "1"]) == 2
+    assert "offline.seed: 0 -> 1" in capsys.readouterr().err
+    assert main([*FINETUNE, "--from-run", str(searched), "--output-dir", str(split), "--resume"]) == 0
+    manifest = json.loads((split / "manifest.json").read_text())
+    assert manifest["resumed_at_step"] == 3
+    assert manifest["losses"] == json.loads((whole / "manifest.json").read_text())["losses"]
+    resumed, uninterrupted = adapter_tensors(split), adapter_tensors(whole)
+    assert resumed.keys() == uninterrupted.keys()
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)
+
+
+def test_two_processes_train_the_adapter_one_process_trains(searched, trained, tmp_path):
+    """Data parallel on CPU (gloo): each process runs half of every step's examples; the summed gradients
+    make the same steps, up to the order of float sums."""
+    import os
+    import subprocess
+    import sys
+
+    import torch
+
+    one, two = trained, tmp_path / "two"
+    args = [*FINETUNE, "--from-run", str(searched)]
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "arcsl.cli", *args, "--output-dir", str(two), "--num-processes", "2"],
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    manifest = json.loads((two / "manifest.json").read_text())
+    assert manifest["num_processes"] == 2
+    assert manifest["losses"] == pytest.approx(json.loads((one / "manifest.json").read_text())["losses"], rel=1e-4)
+    a, b = adapter_tensors(one), adapter_tensors(two)
+    assert all(torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-5) for k in a)
