@@ -1,14 +1,17 @@
 """Search and learn: the algorithm, top to bottom, and the driver that runs it over a list of tasks.
 
-    search: sample programs from augmented views -> run them in the sandbox -> map outputs back -> score
+    search: sample programs from augmented views -> run them in the sandbox (each as soon as its sample
+            stops, while the others are decoded) -> map outputs back -> score
     repeat up to max_rounds: relabel attempts in hindsight -> fine-tune the LoRA -> search again
     stop early when solved (or out of time); select two attempts per test input; reset the LoRA
 
 A round (`run_round`) advances several tasks in lockstep, each learning in its own LoRA adapter of the
 engine: each task fine-tunes its adapter in turn, then ONE sampling call decodes every task's prompts
-(each through its own adapter) and ONE sandbox batch runs every program. A decode step costs about the
-same for many rows as for few, so several tasks' rounds cost little more than one's. A round returns
-what happened (each task's new attempts and `RoundStats`); it decides nothing.
+(each through its own adapter) and ONE sandbox batch runs every program, each as soon as its sample has
+stopped (the engine's `on_complete`), the sandbox being serviced while the engine waits for its device
+(`idle`). A program runs once per view: samples of one view with the same program share its result. A
+decode step costs about the same for many rows as for few, so several tasks' rounds cost little more than
+one's. A round returns what happened (each task's new attempts and `RoundStats`); it decides nothing.
 
 One driver, `run_tasks`, the body of every worker, decides the rest: it takes tasks from a `TaskSource`
 (the run's scheduler, which says which task comes next and whether it may learn or gets search only, and
@@ -19,7 +22,9 @@ events into its results store and submission, and `search_and_learn` is the same
 only callback, `on_phase`, is for display.
 
 Every round records its phase timings (sampling, execution, relabelling, finetuning, reset, other);
-"other" is whatever the round spent outside those phases: the overhead we keep near zero. A phase
+"other" is whatever the round spent outside those phases: the overhead we keep near zero. "sampling" is
+the engine call, with the execution it overlaps; "execution" is only the tail after it: the programs still
+queued or running when the last sample stopped (all of them, with an engine that does not stream). A phase
 shared by several tasks (their one sampling call, their one sandbox batch) and the round's "other"
 are split equally among them, so the tasks' timings still add up to the round's wall time. The engine is
 only used through its protocol (sample / finetune / reset), so a fake engine drives the same code in
@@ -33,9 +38,9 @@ The round deadline holds with any number of tasks in flight: a round does not st
 last round's search, plus each task's learning as seen so far: `RoundCosts`) would end past it, and in a
 round that starts, the tasks' fine-tuning shares the time before the deadline less the search (`learn`
 passes each its `stop_at`, after which the engine starts no optimizer step), and the sampling ends at the
-deadline less the execution, keeping the samples finished by then (the first round's too: before any
-round is seen, nothing else tells its cost). A task's rounds therefore end by the deadline, late by at
-most one fine-tuning step, a few decode steps and the execution estimate's error.
+deadline less the execution tail (the last round's), keeping the samples finished by then (the first
+round's too: before any round is seen, nothing else tells its cost). A task's rounds therefore end by the
+deadline, late by at most one fine-tuning step, a few decode steps and the execution tail estimate's error.
 
 What is not covered: files and the results store (`solve.py`), the queue and the deadline arithmetic
 (`scheduler.py`), processes (`workers.py`).
@@ -227,30 +232,47 @@ def search(runs: list[TaskRun], engine: Engine, pool: SandboxPool, timers: list[
            sample_until: float | None = None) -> list[list[Attempt]]:
     """Sample programs over fresh views of every run's task, run and score them: one engine call, each
     prompt through its task's adapter and with its view's own seed; one sandbox batch. Returns each run's
-    attempts. Sampling ends at `sample_until` (time.monotonic()) with the samples finished by then."""
+    attempts. Sampling ends at `sample_until` (time.monotonic()) with the samples finished by then.
+
+    Each program goes to the sandbox as soon as its sample stops (the engine's `on_complete`), and the
+    sandbox is serviced while the engine waits for its device (`idle`), so execution overlaps decoding;
+    what the engine returned without streaming it is submitted after the call. A program runs once per
+    view: samples of one view that give the same program text share its result."""
     settings = runs[0].settings
     assert all(r.settings == settings for r in runs), "tasks searched together must share their settings"
     fmt, per_view = settings.prompt_format, settings.loop.samples_per_view
     plans = [plan_search(run) for run in runs]
     prompts = [p for plan in plans for p in plan.prompts]
     adapters = [run.adapter for run, plan in zip(runs, plans) for _ in plan.prompts]
-    with shared_phase(timers, "sampling"):
-        sampling = replace(settings.sampling, num_samples=per_view)
-        seeds = [s for plan in plans for s in plan.seeds]
-        completions = engine.sample(prompts, sampling, seed=seeds, adapters=adapters, stop=fmt.stop,
-                                    stop_at=sample_until).completions
-    with shared_phase(timers, "execution"):
-        assert all(len(cs) <= per_view for cs in completions), f"the engine gave more than {per_view} samples a prompt"
-        programs = [[fmt.extract(c.text) for c in cs] for cs in completions]  # per prompt, its samples' programs
-        views = [v for plan in plans for v in plan.views]
-        jobs = [Job(p, [q.input for q in v.train] + [q.input for q in v.test])
-                for v, ps in zip(views, programs) for p in ps]
-        results = pool.run(jobs)
-        prompts_per_run = [len(plan.prompts) for plan in plans]
-        by_run = split_by_counts(completions, prompts_per_run, "completions by task")
-        per_run = zip(by_run, split_by_counts(programs, prompts_per_run, "programs by task"),
-                      split_by_counts(results, [sum(map(len, cs)) for cs in by_run], "results by task"))
-        return [run_attempts(run, plan, cs, ps, rs) for run, plan, (cs, ps, rs) in zip(runs, plans, per_run)]
+    views = [v for plan in plans for v in plan.views]
+    with pool.batch() as batch:
+        jobs: dict[tuple[int, str | None], int] = {}  # (view, program) -> its job in the batch
+
+        def submit(view: int, completion: Completion) -> int:
+            program = fmt.extract(completion.text)
+            if (view, program) not in jobs:
+                grids = [q.input for q in views[view].train] + [q.input for q in views[view].test]
+                jobs[view, program] = batch.submit(Job(program, grids))
+            return jobs[view, program]
+
+        with shared_phase(timers, "sampling"):  # execution overlaps it
+            sampling = replace(settings.sampling, num_samples=per_view)
+            seeds = [s for plan in plans for s in plan.seeds]
+            completions = engine.sample(prompts, sampling, seed=seeds, adapters=adapters, stop=fmt.stop,
+                                        stop_at=sample_until, on_complete=lambda i, _, c: submit(i, c),
+                                        idle=batch.poll).completions
+        with shared_phase(timers, "execution"):  # the tail: what runs after the last sample
+            assert all(len(cs) <= per_view for cs in completions), \
+                f"the engine gave more than {per_view} samples a prompt"
+            indices = [[submit(i, c) for c in cs] for i, cs in enumerate(completions)]  # those not streamed too
+            results = batch.finish()
+            programs = [[batch.jobs[k].program for k in ks] for ks in indices]  # per prompt, its samples' programs
+            prompts_per_run = [len(plan.prompts) for plan in plans]
+            by_run = split_by_counts(completions, prompts_per_run, "completions by task")
+            flat = [results[k] for ks in indices for k in ks]
+            per_run = zip(by_run, split_by_counts(programs, prompts_per_run, "programs by task"),
+                          split_by_counts(flat, [sum(map(len, cs)) for cs in by_run], "results by task"))
+            return [run_attempts(run, plan, cs, ps, rs) for run, plan, (cs, ps, rs) in zip(runs, plans, per_run)]
 
 
 def run_attempts(run: TaskRun, plan: SearchPlan, completions: list[list[Completion]],
@@ -416,7 +438,8 @@ LEARNING_PHASES = ("relabelling", "finetuning")
 @dataclass(slots=True)
 class RoundCosts:
     """What a driver's rounds have cost, to cost the next one: the shared search (everything but learning) and
-    its execution phase, of the last round, and each task's learning in every learning round so far."""
+    its execution tail (the phase "execution": what ran after the sampling call), of the last round, and each
+    task's learning in every learning round so far."""
     search_s: float = 0.0
     execution_s: float = 0.0
     learning_s: list[float] = field(default_factory=list)
@@ -478,7 +501,7 @@ def run_tasks(source: TaskSource, engine: Engine, pool: SandboxPool, settings: L
         if not runs:
             return
         deadline = source.round_deadline()
-        try:  # fine-tuning leaves time for the search, sampling for the execution
+        try:  # fine-tuning leaves time for the search, sampling for the execution tail
             done = run_round(runs, engine, pool, on_phase, *((None, None) if deadline is None else
                                                              (deadline - costs.search_s, deadline - costs.execution_s)))
         except Exception as e:  # the round's tasks share its sampling call and sandbox batch: all of them fail

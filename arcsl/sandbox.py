@@ -6,6 +6,11 @@
     with SandboxPool(SandboxConfig(timeout_s=2.0)) as pool:
         results = pool.run([Job(program, [grid_a, grid_b]), ...])  # one ExecutionResult per job, in order
 
+        with pool.batch() as batch:  # or job by job, as they come (e.g. while a model is still sampling)
+            index = batch.submit(Job(program, [grid_a]))  # runs at once on an idle worker
+            batch.poll(0.01)                              # collect replies, send queued jobs; at most 10 ms
+            results = batch.finish()                      # the rest; one result per submitted job, in order
+
 Linux only: it relies on /proc, process groups, rlimits and (on x86-64) seccomp.
 
 A program is Python text that defines `transform(input_grid)` (or, in older seed programs, `main`),
@@ -17,8 +22,10 @@ model expects. A failure is data: `ExecutionResult.error` says which kind (`Erro
 How it works
 - Workers are fresh interpreters started by fork+exec (subprocess; what multiprocessing calls
   "spawn"). So a parent that has initialised CUDA, or maps tens of GB, is never duplicated, and
-  the memory cap applies to the worker alone. `run` keeps every worker busy and puts the results
-  back in input order.
+  the memory cap applies to the worker alone. A batch (`SandboxPool.batch`) takes jobs one at a
+  time: `submit` sends a job to an idle worker at once, `poll` collects replies and sends queued jobs
+  for at most the time it is given, `finish` runs the rest and puts the results back in submission
+  order. `run` is a batch submitted whole, then finished. One batch at a time per pool.
 - A worker is two processes (sandbox_worker.py): a supervisor, which imports numpy, scipy.ndimage
   and every module a program may import (BLAS threads = 1), compiles the DSL, holds the pool's two
   pipes and never runs a program; and a child forked from it, which runs the programs, one job at
@@ -35,6 +42,8 @@ How it works
 - A worker holds at most two jobs: the running one and the next, already in its pipe, so it never
   waits a round trip for work. If it dies, the job behind goes back to the queue, unblamed. With
   check_determinism a program runs twice, so its time limit is twice timeout_s.
+- A batch that ends early (an exception, Ctrl-C, or closed unfinished) replaces the workers still
+  holding its jobs, so the next batch finds every worker free.
 - Replies come back as JSON plus raw bytes, never pickle, and are checked again here (shapes,
   sizes, values), so a worker that a program has taken over cannot run code in this process.
 
@@ -141,7 +150,7 @@ import numpy as np
 from arcsl.config import SandboxConfig
 from arcsl.sandbox_worker import ENTRY_POINTS, ErrorKind
 
-__all__ = ["DSL_PATH", "ENTRY_POINTS", "ErrorKind", "ExecutionResult", "Job", "SandboxPool"]
+__all__ = ["DSL_PATH", "ENTRY_POINTS", "ErrorKind", "ExecutionResult", "Job", "SandboxBatch", "SandboxPool"]
 
 DSL_PATH = Path(__file__).parent / "dsl" / "common.py"
 WORKER_SCRIPT = Path(__file__).with_name("sandbox_worker.py")
@@ -208,15 +217,6 @@ class _Worker:
     outbox: bytearray = field(default_factory=bytearray)  # the rest of the last job's frame, not yet written
 
 
-@dataclass(slots=True)
-class _Batch:
-    """One call to run(): the jobs, their results so far, and those not yet sent."""
-
-    jobs: Sequence[Job]
-    results: list
-    queue: deque
-
-
 class _Garbled(Exception):
     """A reply that does not parse: the worker is broken or a program wrote to its pipe."""
 
@@ -246,11 +246,12 @@ class SandboxPool:
         self._env = _worker_env(self._scratch)
         self._job_ids = itertools.count()
         self._workers: list[_Worker] = []
+        self._batch: SandboxBatch | None = None  # the open batch: the workers' jobs are its jobs
         self._closer = weakref.finalize(self, _shut_down, self._workers, self._scratch)
         try:
             for _ in range(self.num_workers):
                 self._workers.append(self._spawn())
-            startup = _Batch([], [], deque())
+            startup = SandboxBatch(self)
             while not all(w.has_started for w in self._workers):
                 self._wait_once(startup)
         except BaseException:
@@ -284,28 +285,23 @@ class SandboxPool:
         """The workers' working directory, deleted at close."""
         return self._scratch
 
+    def batch(self) -> "SandboxBatch":
+        """An empty batch, to submit jobs to one at a time (see `SandboxBatch`); one batch at a time."""
+        if not self._closer.alive:
+            raise RuntimeError("SandboxPool used after close()")
+        if self._batch is not None:
+            raise RuntimeError("a sandbox batch is still open: finish or close it before the next one")
+        self._batch = SandboxBatch(self)
+        return self._batch
+
     def run(self, jobs: Sequence[Job]) -> list[ExecutionResult]:
         """Run every job; return one ExecutionResult per job, in the same order."""
-        if not self._closer.alive:
-            raise RuntimeError("SandboxPool.run called after close()")
-        for i, job in enumerate(jobs):
-            _check_inputs(i, job.inputs)
-        batch = _Batch(jobs, [None] * len(jobs), deque())
-        for i, job in enumerate(jobs):
-            if job.program is None or not job.program.strip():
-                batch.results[i] = ExecutionResult(None, ErrorKind.NO_CODE, "no program text")
-            else:
-                batch.queue.append(i)
-        try:
-            while batch.queue or any(w.sent for w in self._workers):
-                self._dispatch(batch)
-                self._wait_once(batch)
-        except BaseException:  # e.g. KeyboardInterrupt: no worker may be left holding a job
-            for w in [w for w in self._workers if w.sent]:
-                self._replace(w, batch)
-            raise
-        assert all(r is not None for r in batch.results), f"jobs without a result: {batch.results.count(None)}"
-        return batch.results
+        with self.batch() as batch:
+            for i, job in enumerate(jobs):
+                _check_inputs(i, job.inputs)  # every job before the first runs: a bad list starts nothing
+            for job in jobs:
+                batch.submit(job)
+            return batch.finish()
 
     # --- workers -------------------------------------------------------------------------------
 
@@ -330,7 +326,7 @@ class SandboxPool:
         os.set_blocking(job_w, False)  # a worker that stops reading must never block this process
         return _Worker(proc, job_w, reply_r, deadline=time.monotonic() + _STARTUP_TIMEOUT_S, pipe_bytes=_widen_pipe(job_w))
 
-    def _replace(self, w: _Worker, batch: _Batch) -> int:
+    def _replace(self, w: _Worker, batch: "SandboxBatch") -> int:
         """Kill the worker (and its process group) and start a fresh one; jobs it was sent but had
         not started go back to the front of the queue. Returns the old worker's exit code."""
         batch.queue.extendleft(reversed([sent.index for sent in w.sent if batch.results[sent.index] is None]))
@@ -338,7 +334,7 @@ class SandboxPool:
         self._workers[self._workers.index(w)] = self._spawn()
         return returncode
 
-    def _dispatch(self, batch: _Batch) -> None:
+    def _dispatch(self, batch: "SandboxBatch") -> None:
         """Give every idle worker a job, then queue one more behind each running one, so that a
         worker finds its next job waiting instead of waiting a round trip for it. Not at the end
         of a batch: there a job stuck behind a slow one would wait while other workers sit idle."""
@@ -349,7 +345,7 @@ class SandboxPool:
             if len(batch.queue) > len(self._workers) and w.is_accepting and len(w.sent) == 1:
                 self._send(w, batch)
 
-    def _send(self, w: _Worker, batch: _Batch) -> None:
+    def _send(self, w: _Worker, batch: "SandboxBatch") -> None:
         index = batch.queue[0]
         job = batch.jobs[index]
         sent = _Sent(index, next(self._job_ids), len(job.inputs) * self.cfg.max_side**2)
@@ -365,7 +361,7 @@ class SandboxPool:
         w.outbox += frame
         self._flush(w, batch)
 
-    def _flush(self, w: _Worker, batch: _Batch) -> None:
+    def _flush(self, w: _Worker, batch: "SandboxBatch") -> None:
         """Write what the pipe takes now; the rest waits for POLLOUT (or for the job's deadline)."""
         try:
             del w.outbox[:os.write(w.job_fd, w.outbox)]
@@ -383,9 +379,10 @@ class SandboxPool:
 
     # --- replies -------------------------------------------------------------------------------
 
-    def _wait_once(self, batch: _Batch) -> None:
-        """Wait for replies until the nearest deadline, handle them, then handle expired deadlines."""
-        nearest = min(w.deadline for w in self._workers)
+    def _wait_once(self, batch: "SandboxBatch", until: float = math.inf) -> None:
+        """Wait for replies until the nearest deadline (or `until`, time.monotonic(), if sooner), handle them,
+        then handle expired deadlines."""
+        nearest = min(until, *(w.deadline for w in self._workers))
         assert nearest < math.inf, "waiting with no job running and no worker starting"
         timeout_ms = max(0, math.ceil((nearest - time.monotonic()) * 1000))
         poller, by_fd = select.poll(), {}
@@ -413,7 +410,7 @@ class SandboxPool:
                 batch.results[running.index] = ExecutionResult(None, ErrorKind.TIMEOUT, message, now - running.started_at)
             self._replace(w, batch)
 
-    def _read(self, w: _Worker, batch: _Batch) -> None:
+    def _read(self, w: _Worker, batch: "SandboxBatch") -> None:
         try:
             chunk = os.read(w.reply_fd, 1 << 20)
         except BlockingIOError:
@@ -429,7 +426,7 @@ class SandboxPool:
             self._fail_running(w, batch, f"garbled reply: {e}")
             self._replace(w, batch)
 
-    def _on_frame(self, w: _Worker, header: dict, blob: bytes, batch: _Batch) -> bool:
+    def _on_frame(self, w: _Worker, header: dict, blob: bytes, batch: "SandboxBatch") -> bool:
         """Handle one frame; False once the worker has been replaced."""
         kind = header.get("kind")
         if kind == "fatal":
@@ -450,7 +447,7 @@ class SandboxPool:
             self._start_clock(w, w.sent[0])
         return True
 
-    def _on_exit(self, w: _Worker, batch: _Batch) -> None:
+    def _on_exit(self, w: _Worker, batch: "SandboxBatch") -> None:
         """The worker closed its pipe: it died, or a program closed the pipe. Replace it."""
         has_started = w.has_started
         running = w.sent.popleft() if w.sent else None  # popped: the job that died is not retried
@@ -461,11 +458,103 @@ class SandboxPool:
             elapsed = time.monotonic() - running.started_at
             batch.results[running.index] = ExecutionResult(None, ErrorKind.WORKER_CRASHED, f"worker {how}", elapsed)
 
-    def _fail_running(self, w: _Worker, batch: _Batch, message: str) -> None:
+    def _fail_running(self, w: _Worker, batch: "SandboxBatch", message: str) -> None:
         if w.sent:
             running = w.sent[0]
             elapsed = time.monotonic() - running.started_at
             batch.results[running.index] = ExecutionResult(None, ErrorKind.WORKER_CRASHED, message, elapsed)
+
+
+class SandboxBatch:
+    """Jobs given to the pool one at a time, each sent to a worker as soon as one is free: for running
+    programs while the model that writes them is still sampling. Open one with `SandboxPool.batch()`, use it
+    as a context manager, and end it with `finish()` (or `close()` to drop what is left).
+
+    Every call returns without waiting on a worker beyond the time it is given (`poll`) or the jobs' own
+    time limits (`finish`). An exception in any of them (Ctrl-C included), or leaving the `with` block
+    unfinished, closes the batch: workers still holding its jobs are replaced, so none is left busy.
+    """
+
+    def __init__(self, pool: SandboxPool):
+        self.pool = pool
+        self.jobs: list[Job] = []
+        self.results: list[ExecutionResult | None] = []  # by submission; None while it runs or waits
+        self.queue: deque[int] = deque()  # submitted, not yet sent to a worker
+        self.is_open = True
+
+    def __enter__(self) -> "SandboxBatch":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    @property
+    def num_pending(self) -> int:
+        """Jobs submitted that have no result yet (queued or running)."""
+        return self.results.count(None)
+
+    def submit(self, job: Job) -> int:
+        """Queue `job` and send it to an idle worker if there is one, without waiting; returns its index
+        (its place in `finish()`'s results). Inputs that are not 2-D integer grids raise ValueError."""
+        self._check_open()
+        index = len(self.jobs)
+        _check_inputs(index, job.inputs)
+        self.jobs.append(job)
+        if job.program is None or not job.program.strip():
+            self.results.append(ExecutionResult(None, ErrorKind.NO_CODE, "no program text"))
+            return index
+        self.results.append(None)
+        self.queue.append(index)
+        with self._closed_on_error():
+            self.pool._dispatch(self)
+        return index
+
+    def poll(self, timeout_s: float = 0.0) -> None:
+        """Handle the replies that come within `timeout_s` (0: those already there) and the deadlines that
+        pass, and keep the workers busy with queued jobs. Returns after at most `timeout_s`, sooner once a
+        reply came."""
+        self._check_open()
+        with self._closed_on_error():
+            self.pool._dispatch(self)
+            self.pool._wait_once(self, time.monotonic() + timeout_s)
+            self.pool._dispatch(self)
+
+    def finish(self) -> list[ExecutionResult]:
+        """Run every job submitted to its end; return one ExecutionResult per job, in submission order.
+        Closes the batch."""
+        self._check_open()
+        with self._closed_on_error():
+            while self.queue or any(w.sent for w in self.pool._workers):
+                self.pool._dispatch(self)
+                self.pool._wait_once(self)
+        assert None not in self.results, f"jobs without a result: {self.num_pending}"
+        self.close()
+        return self.results
+
+    def close(self) -> None:
+        """End the batch; workers still holding its jobs are replaced and those jobs get no result. Idempotent."""
+        if not self.is_open:
+            return
+        self.is_open = False
+        try:
+            for w in [w for w in self.pool._workers if w.sent]:
+                self.pool._replace(w, self)
+        finally:
+            self.pool._batch = None
+
+    def _check_open(self) -> None:
+        if not self.pool._closer.alive:
+            raise RuntimeError("SandboxPool used after close()")
+        if not self.is_open:
+            raise RuntimeError("this sandbox batch is closed (finished, failed or closed): open another")
+
+    @contextlib.contextmanager
+    def _closed_on_error(self):
+        try:
+            yield
+        except BaseException:  # e.g. KeyboardInterrupt: no worker may be left holding a job
+            self.close()
+            raise
 
 
 # --- helpers ---------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """A scripted engine: canned responses instead of a model, so the loop runs on CPU in seconds;
 and a fake clock, so deadlines and time budgets are tested without waiting."""
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from arcsl.engine.types import ChatPrompt, Completion, SampleResult, SampleStats
@@ -45,6 +46,10 @@ class ScriptedEngine:
     one step per `examples_per_step` examples (a call given `stop_at` starts no step at or after it).
     `failures` maps (method, call index) to an exception that call raises, e.g. {("finetune", 1): KeyboardInterrupt()}.
     Adapters are only recorded: every adapter answers with the same scripts.
+
+    With `streams`, sample() hands each sample to its `on_complete` as it is drawn, prompt by prompt, and after
+    each prompt calls `idle` (in 10 ms slices) until `busy_until()` says so, as a host waits for a GPU that is
+    still decoding (AssertionError if it never does); without it, the hooks are ignored, as a remote engine may.
     """
     scripts: dict[int, list[str]]
     clock: FakeClock | None = None
@@ -62,8 +67,12 @@ class ScriptedEngine:
     num_resets: int = 0
     step_s: list[float] = field(default_factory=list)      # the length of a fine-tuning step, per finetune() call
     num_calls: dict[str, int] = field(default_factory=dict)  # method -> calls so far, failed ones included
+    streams: bool = False
+    busy_until: Callable[[], bool] = lambda: True
+    streamed: list[tuple[int, int]] = field(default_factory=list)  # (prompt, sample) handed to on_complete, in order
 
-    def sample(self, prompts, cfg, seed=0, adapters=None, stop=None, stop_at=None) -> SampleResult:
+    def sample(self, prompts, cfg, seed=0, adapters=None, stop=None, stop_at=None, on_complete=None,
+               idle=None) -> SampleResult:
         self._maybe_fail("sample")
         self.stops.append(stop)
         self.sampled.append(len(prompts))
@@ -82,10 +91,22 @@ class ScriptedEngine:
             script = self.scripts[text.count("\nExample ")]
             drawn = min(cfg.num_samples, max(0, kept - len(out) * cfg.num_samples))  # prompt by prompt
             out.append([Completion(script[(prompt_seed + i) % len(script)], 10, "stop") for i in range(drawn)])
+            if self.streams:
+                self._stream(len(out) - 1, out[-1], on_complete, idle)
         stats = SampleStats(num_prompts=len(prompts), num_samples=len(prompts) * cfg.num_samples, num_batches=1,
                             num_oom_retries=0, num_prompt_tokens=0, num_output_tokens=0, prefill_s=0.0, decode_s=0.0,
                             total_s=0.0, output_tokens_per_s=0.0, peak_memory_gb=0.0)
         return SampleResult(out, stats)
+
+    def _stream(self, prompt: int, completions: list[Completion], on_complete, idle) -> None:
+        for j, completion in enumerate(completions):
+            on_complete(prompt, j, completion)
+            self.streamed.append((prompt, j))
+        for _ in range(1000):
+            if self.busy_until():
+                return
+            idle(0.01)
+        raise AssertionError(f"busy_until never held after prompt {prompt}")
 
     def finetune(self, examples, cfg, seed=0, adapter=0, stop_at=None):
         self._maybe_fail("finetune")

@@ -114,6 +114,43 @@ def test_solutions_survive_augmentation_and_are_selected(tasks, pool):
     assert result.scores.solved_at_2 == 1.0
 
 
+class WatchedPool:
+    """The pool, keeping each batch the loop opens, for a test to look at while the engine samples."""
+
+    def __init__(self, pool: SandboxPool):
+        self.pool, self.batches = pool, []
+
+    def batch(self):
+        self.batches.append(self.pool.batch())
+        return self.batches[-1]
+
+
+def attempt_summary(a) -> tuple:
+    grids = [None if g is None else [x.tolist() for x in g] for g in (a.train_outputs, a.test_outputs)]
+    return a.augmentation, a.round, a.response, a.program, a.error, a.scores, grids
+
+
+def test_programs_run_while_the_engine_samples_once_per_view_and_give_the_same_attempts(tasks, pool):
+    scripts = {3: [IDENTITY, SCALE_2, IDENTITY, NO_CODE]}  # 4 samples a view: 3 distinct programs, one twice
+    watched, waits = WatchedPool(pool), []
+
+    def all_run() -> bool:  # the streaming engine idles after each prompt until every program so far has run
+        batch = watched.batches[-1]
+        waits.append((batch, len(batch.jobs)))
+        return len(batch.jobs) > 0 and batch.num_pending == 0
+
+    streaming = ScriptedEngine(scripts, streams=True, busy_until=all_run)
+    streamed = search_and_learn(tasks["c59eb873"], streaming, watched, settings(max_rounds=1))
+    plain = ScriptedEngine(scripts)  # ignores on_complete and idle: everything runs after its sample call
+    search_only = search_and_learn(tasks["c59eb873"], plain, watched, settings(max_rounds=1))
+    assert len(streaming.streamed) == 2 * 8  # every sample of both rounds was handed over as it was drawn
+    for batch in watched.batches[:2]:  # the streaming rounds: no job was submitted after the engine's last wait
+        assert max(n for b, n in waits if b is batch) == len(batch.jobs)
+    assert [len(b.jobs) for b in watched.batches] == [2 * 3] * 4  # 2 views x 3 programs, the twice-drawn one once
+    assert [attempt_summary(a) for a in streamed.attempts] == [attempt_summary(a) for a in search_only.attempts]
+    assert streaming.finetuned == plain.finetuned
+
+
 # --- timings and progress -----------------------------------------------------------------------
 
 def test_phase_timings_cover_the_round(tasks, pool):

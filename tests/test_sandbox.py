@@ -152,6 +152,59 @@ def test_an_empty_batch_gives_no_results(pool):
     assert pool.run([]) == []
 
 
+def test_jobs_submitted_one_at_a_time_come_back_in_submission_order(pool):
+    sources = [f"def transform(g):\n    return g * 0 + {i % 10}\n" for i in range(12)] + [None]
+    with pool.batch() as batch:
+        for i, source in enumerate(sources):
+            assert batch.submit(Job(source, [GRID])) == i
+            if i % 3 == 0:
+                batch.poll(0.01)
+        results = batch.finish()
+    assert [int(r.outputs[0][0, 0]) for r in results[:-1]] == [i % 10 for i in range(12)]
+    assert results[-1].error is ErrorKind.NO_CODE and not batch.is_open
+
+
+def test_polling_returns_while_a_slow_job_runs_and_never_waits_for_it(pool):
+    hung = "import time\n" + program("while True:\n    time.sleep(1)", escape=False)
+    with pool.batch() as batch:
+        batch.submit(Job(hung, [GRID]))
+        batch.poll(0.01)  # waiting for the hung job's deadline instead would give it its TIMEOUT here
+        assert batch.results == [None]
+        for _ in range(3):
+            batch.submit(Job(IDENTITY, [GRID]))
+        for _ in range(500):  # the other worker runs them while the hung job holds its own
+            if batch.num_pending == 1:
+                break
+            batch.poll(0.01)
+        assert batch.results[0] is None and all(r.is_ok for r in batch.results[1:]), batch.results
+        results = batch.finish()
+    assert results[0].error is ErrorKind.TIMEOUT and results[1:] == batch.results[1:]
+
+
+def test_a_batch_left_by_an_exception_leaves_no_worker_busy(pool):
+    hung = program("while True:\n    pass", escape=False)
+    before = set(pool.worker_pids)
+    with pytest.raises(KeyboardInterrupt):
+        with pool.batch() as batch:
+            for _ in range(4):  # every worker holds one, some have one queued
+                batch.submit(Job(hung, [GRID]))
+            batch.poll(0.01)
+            raise KeyboardInterrupt
+    assert not batch.is_open
+    with pytest.raises(RuntimeError, match="closed"):
+        batch.submit(Job(IDENTITY, [GRID]))
+    assert before.isdisjoint(pool.worker_pids)  # both held a hung job: both replaced, none left running it
+    assert_serves_normally(pool)
+
+
+def test_one_batch_at_a_time(pool):
+    with pool.batch():
+        with pytest.raises(RuntimeError, match="still open"):
+            pool.batch()
+    with pool.batch() as batch:
+        assert batch.finish() == []
+
+
 def test_main_is_the_fallback_entry_point_and_transform_wins_over_it(pool):
     assert run_one(pool, "def main(g):\n    return g * 0 + 1\n").outputs[0].max() == 1
     both = "def main(g):\n    return g * 0 + 1\ndef transform(g):\n    return g * 0 + 2\n"

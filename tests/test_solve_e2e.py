@@ -63,9 +63,10 @@ class ProgramWriter:
         self.num_adapters = engine.num_adapters
         self.sampled_adapters, self.finetuned_adapters = [], []  # per call
 
-    def sample(self, prompts, cfg, seed=0, adapters=None, stop=None, stop_at=None):
+    def sample(self, prompts, cfg, seed=0, adapters=None, stop=None, stop_at=None, on_complete=None, idle=None):
         self.sampled_adapters.append(adapters)
-        result = self.engine.sample(prompts, cfg, seed, adapters, stop, stop_at)
+        streamed = None if on_complete is None else lambda i, j, c: on_complete(i, j, replace(c, text=IDENTITY + c.text))
+        result = self.engine.sample(prompts, cfg, seed, adapters, stop, stop_at, on_complete=streamed, idle=idle)
         return replace(result, completions=[[replace(c, text=IDENTITY + c.text) for c in cs]
                                             for cs in result.completions])
 
