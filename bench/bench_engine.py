@@ -1,4 +1,4 @@
-"""Engine benchmark: sampling throughput, several adapters in one call, the decode step's parts, LoRA
+"""Engine benchmark: sampling throughput, several adapters in one call, the decode step's parts and kernels, LoRA
 fine-tuning at 2k-9.7k tokens next to the sampler's kept memory, reset time, and checks that the fast paths
 compute what the model computes.
 
@@ -32,7 +32,7 @@ from benchlib import (build_model, code_tokenizer, error_text, finish, header, p
 
 from arcsl.config import FinetuneConfig, ModelConfig, SamplingConfig
 from arcsl.engine.hf import HFEngine
-from arcsl.engine.sampler import PromptNoise, pick_tokens
+from arcsl.engine.token_choice import PromptNoise, pick_tokens, pick_tokens_by_sort
 
 NUM_ADAPTERS = 5  # the most adapters the adapters section mixes
 LORA = ModelConfig(model="random-llama", lora_rank=32, lora_alpha=32, num_adapters=NUM_ADAPTERS)
@@ -147,19 +147,50 @@ def cuda_ms(fn, repeats: int = 20) -> float:
 
 def bench_step_parts(engine: HFEngine, vocab: int) -> dict:
     """Where a decode step's time goes, 1 prompt x 128 at a step-cache width of 256: the captured graph
-    (the model) and the token choice (softmax, top-p sort, draw), and the weight-read floor."""
+    (the model) and the token choice (noise, softmax, the kept set, the draw): without sorting (the engine's)
+    and by sorting the vocabulary (the textbook method, the engine's before), on logits as flat as a random
+    model's (std 1.3) and more peaked (std 3); and the weight-read floor."""
     cfg = replace(BASE, num_samples=128, max_new_tokens=256)
     engine.sample([random_ids(1000, vocab, torch.Generator().manual_seed(4))], cfg)
     decoder = next(d for key, d in engine.decoders.kept.items() if key[:2] == (1, 128))
     tokens = torch.zeros(128, dtype=torch.long, device=engine.device)
-    logits = torch.randn(128, vocab, device=engine.device) * 3
     noise = PromptNoise([torch.Generator(engine.device).manual_seed(0)], 128)  # 1 prompt x 128, as in a run
     weight_bytes = sum(p.numel() * p.element_size() for p in engine.lm.parameters() if not p.requires_grad)
-    return {"graph_ms": cuda_ms(lambda: decoder.step(tokens, 200)),
-            "pick_top_p_0.95_ms": cuda_ms(lambda: pick_tokens(logits, 1.0, 0.95, noise)),
-            "pick_top_p_1_ms": cuda_ms(lambda: pick_tokens(logits, 1.0, 1.0, noise)),
-            "weights_gb": round(weight_bytes / 1e9, 2),
-            "weight_read_ms_at_3.0_tb_s": round(weight_bytes / 3.0e12 * 1000, 2)}
+    parts = {"graph_ms": cuda_ms(lambda: decoder.step(tokens, 200))}
+    for spread in (1.3, 3.0):
+        logits = torch.randn(128, vocab, device=engine.device, generator=torch.Generator(engine.device).manual_seed(1))
+        logits *= spread
+        for name, top_p, min_p in (("top_p_0.95", 0.95, 0.0), ("top_p_0.5", 0.5, 0.0), ("min_p_0.05", 1.0, 0.05),
+                                   ("top_p_1", 1.0, 0.0)):
+            parts[f"pick_{name}_std_{spread}_ms"] = cuda_ms(lambda: pick_tokens(logits, 1.0, top_p, noise, min_p))
+            if name == "top_p_0.95":
+                parts[f"pick_by_sort_{name}_std_{spread}_ms"] = cuda_ms(
+                    lambda: pick_tokens_by_sort(logits, 1.0, top_p, noise, min_p))
+    return parts | {"weights_gb": round(weight_bytes / 1e9, 2),
+                    "weight_read_ms_at_4.3_tb_s": round(weight_bytes / 4.3e12 * 1000, 2)}
+
+
+def profile_step(engine: HFEngine, vocab: int) -> dict:
+    """The decode step of 1 prompt x 128 (width 256) run outside its CUDA graph under torch.profiler: GPU time
+    per kernel name (the top 25, summed over the step's layers), against the graph's total."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cfg = replace(BASE, num_samples=128, max_new_tokens=256)
+    engine.sample([random_ids(1000, vocab, torch.Generator().manual_seed(4))], cfg)
+    decoder = next(d for key, d in engine.decoders.kept.items() if key[:2] == (1, 128))
+    decoder.step_index.fill_(200)
+    for _ in range(3):
+        decoder._forward(256, decoder.prompt_cap)
+    sync(engine.device)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(5):
+            decoder._forward(256, decoder.prompt_cap)
+        sync(engine.device)
+    kernels = sorted(((e.key, e.device_time_total / 5 / 1000, e.count // 5) for e in prof.key_averages()
+                      if e.device_time_total > 0), key=lambda k: -k[1])
+    total = sum(ms for _, ms, _ in kernels)
+    return {"kernel_ms_per_step": round(total, 3), "kernels_per_step": sum(n for _, _, n in kernels),
+            "top": [{"kernel": name[:90], "ms": round(ms, 3), "calls": n} for name, ms, n in kernels[:25]]}
 
 
 # --- fine-tuning ------------------------------------------------------------------------------------
@@ -327,6 +358,10 @@ def print_report(result: dict) -> None:
                  "merge_s"])
     if "step_parts" in result:
         print(f"\ndecode step parts (1 x 128, width 256): {result['step_parts']}")
+    if "profile" in result:
+        print_table(f"decode step kernels outside the graph (1 x 128, width 256; "
+                    f"{result['profile']['kernel_ms_per_step']} ms in {result['profile']['kernels_per_step']} kernels)",
+                    result["profile"]["top"], ["kernel", "ms", "calls"])
     print_table("LoRA fine-tuning (rank 32, all linear layers)", result.get("finetune", []),
                 ["case", "samples_s", "tokens_s", "s_per_step", "checkpointed", "peak_gb"])
     if "check" in result:
@@ -349,7 +384,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default=None, help="also write the JSON result to this file")
     parser.add_argument("--num-cases", type=int, default=None, help="only the first N sampling cases")
     parser.add_argument("--skip", nargs="*", default=[],
-                        choices=["sampling", "adapters", "finetune", "step_parts", "check", "paths", "reset"])
+                        choices=["sampling", "adapters", "finetune", "step_parts", "profile", "check", "paths", "reset"])
     args = parser.parse_args(argv)
 
     device = pick_device(args.tiny)
@@ -370,11 +405,12 @@ def main(argv: list[str] | None = None) -> dict:
                 "adapters": lambda: bench_adapters(engine, args.tiny, vocab),
                 "finetune": lambda: bench_finetune(engine, args.tiny, vocab),
                 "step_parts": lambda: bench_step_parts(engine, vocab),
+                "profile": lambda: profile_step(engine, vocab),
                 "check": lambda: check_decoder(engine, args.tiny, vocab),
                 "paths": lambda: check_paths_agree(device),
                 "reset": lambda: bench_reset(engine)}
     if device.type != "cuda":
-        args.skip.append("step_parts")
+        args.skip += ["step_parts", "profile"]
     for name, run in sections.items():
         if name in args.skip:
             continue

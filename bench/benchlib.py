@@ -1,7 +1,8 @@
 """What the benchmarks share: the models, a code tokenizer built in code, BARC-style programs, reporting.
 
-- `build_model`: random weights with the Llama-3.1-8B architecture (built on the GPU in bf16) or a tiny
-  Llama (CPU, float32). Speed does not depend on the weights' values; nothing is downloaded.
+- `build_model`: random weights with the architecture of Llama-3.1-8B, Qwen2.5-7B or Qwen3-4B (built on
+  the GPU in bf16) or a tiny Llama or Qwen3 (CPU, float32). Speed does not depend on the weights' values;
+  nothing is downloaded.
 - `code_tokenizer`: a byte-level BPE trained here on BARC prompts of ARC-AGI-1 training tasks and on
   Python programs, with Llama-3's special tokens and chat template. Like Llama-3's tokenizer it makes one
   token of a colour name and its space, so prompts get realistic token counts (`--tiny`: a smaller one).
@@ -30,9 +31,21 @@ LLAMA_8B = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, nu
                 rope_theta=500000.0, rms_norm_eps=1e-5, bos_token_id=128000, eos_token_id=[128001, 128008, 128009],
                 rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                               "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})
+# Qwen2.5-7B: biases on q/k/v, 4 KV heads; Qwen3-4B: q/k norms, head_dim 128 over a hidden size of 2,560,
+# tied embeddings (the shapes of their published configs)
+QWEN25_7B = dict(model_type="qwen2", vocab_size=152064, hidden_size=3584, intermediate_size=18944,
+                 num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4, max_position_embeddings=32768,
+                 rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=False, use_sliding_window=False,
+                 bos_token_id=151643, eos_token_id=151645)
+QWEN3_4B = dict(model_type="qwen3", vocab_size=151936, hidden_size=2560, intermediate_size=9728, num_hidden_layers=36,
+                num_attention_heads=32, num_key_value_heads=8, head_dim=128, max_position_embeddings=40960,
+                rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True, bos_token_id=151643,
+                eos_token_id=151645)
 TINY = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=16384, bos_token_id=0, eos_token_id=1)
-ARCHS = {"tiny": TINY, "llama-3.1-8b": LLAMA_8B}
+TINY_QWEN3 = TINY | dict(model_type="qwen3", head_dim=24, tie_word_embeddings=True)
+ARCHS = {"tiny": TINY, "tiny-qwen3": TINY_QWEN3, "llama-3.1-8b": LLAMA_8B, "qwen2.5-7b": QWEN25_7B,
+         "qwen3-4b": QWEN3_4B}
 
 SPECIAL = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>",
            "<|finetune_right_pad_id|>"]
@@ -44,9 +57,10 @@ CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m[
 def build_model(arch: str, device: torch.device, vocab_size: int | None = None):
     """Random weights, built directly on `device` (bf16 on a GPU, float32 on CPU). `vocab_size` overrides
     the architecture's (a tiny model takes its tokenizer's)."""
-    from transformers import AutoModelForCausalLM, LlamaConfig
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-    config = LlamaConfig(**(ARCHS[arch] | ({"vocab_size": vocab_size} if vocab_size else {})))
+    settings = ARCHS[arch] | ({"vocab_size": vocab_size} if vocab_size else {})
+    config = AutoConfig.for_model(settings.pop("model_type", "llama"), **settings)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     torch.manual_seed(0)
     with torch.device(device):  # initialise on the device: an 8B CPU init would take minutes
@@ -197,19 +211,27 @@ def program_completion(program: str) -> str:
 
 class ProgramEngine:
     """A real engine (all its sampling work is done) whose completions' texts are replaced by programs
-    from `programs()`, drawn with the call's seed; token counts stay those actually generated.
-    Benchmarks only: it gives execution, relabelling and fine-tuning realistic work with a random model."""
+    from `programs()`, sample j of prompt i drawn with (the prompt's seed, j); token counts stay those actually
+    generated. Each completion is streamed to `on_complete` as the real engine streams it, so its program
+    runs while the others are decoded. Benchmarks only: it gives execution, relabelling and fine-tuning
+    realistic work with a random model."""
 
     def __init__(self, engine):
         self.engine, self.pool = engine, programs()
         self.num_adapters = engine.num_adapters
         self.sample_stats, self.finetune_stats = [], []
 
-    def sample(self, prompts, cfg, seed: int = 0, adapters=None, stop=None, stop_at=None) -> SampleResult:
-        result = self.engine.sample(prompts, cfg, seed, adapters, stop, stop_at)
-        rng = random.Random(repr(seed))  # one int or one per prompt
-        completions = [[Completion(program_completion(rng.choice(self.pool)), c.num_tokens, c.finish_reason)
-                        for c in cs] for cs in result.completions]
+    def sample(self, prompts, cfg, seed: int | list[int] = 0, adapters=None, stop=None, stop_at=None,
+               on_complete=None, idle=None) -> SampleResult:
+        seeds = [seed + i for i in range(len(prompts))] if isinstance(seed, int) else list(seed)
+
+        def answer(i: int, j: int, c: Completion) -> Completion:  # the same whether streamed or returned
+            program = random.Random(f"{seeds[i]} {j}").choice(self.pool)
+            return Completion(program_completion(program), c.num_tokens, c.finish_reason)
+
+        streamed = None if on_complete is None else lambda i, j, c: on_complete(i, j, answer(i, j, c))
+        result = self.engine.sample(prompts, cfg, seed, adapters, stop, stop_at, on_complete=streamed, idle=idle)
+        completions = [[answer(i, j, c) for j, c in enumerate(cs)] for i, cs in enumerate(result.completions)]
         self.sample_stats.append(result.stats)
         return SampleResult(completions, result.stats)
 

@@ -91,3 +91,17 @@ def test_the_memory_benchmark_runs_in_tiny_mode(capsys):
     result = last_json_line(capsys)
     assert [c["call"] for c in result["calls"]] == ["sample 1", "sample 2", "finetune 64", "finetune 128"]
     assert all(c["oom_retries"] == 0 for c in result["calls"])
+
+
+def test_the_family_benchmark_runs_in_tiny_mode(capsys):
+    result = load("bench_families").main(["--tiny"])
+    assert [(r["family"], r["model_type"]) for r in result["families"]] == [("tiny", "llama"), ("tiny-qwen3", "qwen3")]
+    assert all(r["arcsl_tok_s"] > 0 and r["hf_generate_tok_s"] > 0 for r in result["families"])
+    assert last_json_line(capsys)["bench"] == "families"
+
+
+def test_the_training_benchmark_runs_in_tiny_mode(capsys):
+    result = load("bench_training").main(["--tiny"])
+    assert [r["sweep"] for r in result["rows"]] == ["length", "checkpointing", "micro-batch"]
+    assert all(r["tokens_s"] > 0 for r in result["rows"]) and result["rows"][1]["checkpointed"] == "8"
+    assert last_json_line(capsys)["bench"] == "training"

@@ -1,0 +1,90 @@
+"""Training-speed benchmark (the seeds' experiment 004): LoRA fine-tuning samples/s and tokens/s against
+sequence length, micro-batch size, completion length and gradient checkpointing.
+
+Examples:
+    python bench/bench_training.py --tiny                     # CPU smoke run
+    PYTHONUNBUFFERED=1 python bench/bench_training.py --out $OUT/training.json    # GPU, Llama-3.1-8B shape
+
+Random bf16 weights with the Llama-3.1-8B architecture, LoRA rank 32 on all linear layers (rsLoRA), random
+token ids (the loss on the completion only). Every configuration runs through `HFEngine.finetune`: one call
+of 1 example to warm up, then one timed call of 8 examples (`--examples-per-step 8`: 1 optimizer step,
+micro-batches packed up to the budget, longest first). The three sweeps change one thing each against
+the base configuration (4,096 tokens, completion 512, one sequence per micro-batch, no checkpointing).
+Packing several examples into one row is not implemented (the Finetuner pads); it is not measured.
+Prints a table, then one JSON line.
+"""
+
+import argparse
+import json
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+from benchlib import build_model, error_text, finish, header, pick_device, print_table, random_ids
+
+from arcsl.config import FinetuneConfig, ModelConfig
+from arcsl.engine.hf import HFEngine
+
+NUM_EXAMPLES = 8
+
+
+def configurations(tiny: bool) -> list[dict]:
+    """(sweep, sequence tokens, completion tokens, sequences per micro-batch, checkpointing)."""
+    if tiny:
+        return [dict(sweep="length", seq=128, completion=32, per_micro=1, checkpointing=False),
+                dict(sweep="checkpointing", seq=128, completion=32, per_micro=1, checkpointing=True),
+                dict(sweep="micro-batch", seq=128, completion=32, per_micro=4, checkpointing=False)]
+    rows = [dict(sweep="length", seq=n, completion=512, per_micro=1, checkpointing=c)
+            for n in (2048, 4096, 8192, 9728) for c in (False, True)]
+    rows += [dict(sweep="micro-batch", seq=2048, completion=512, per_micro=k, checkpointing=False) for k in (2, 4, 8)]
+    rows += [dict(sweep="completion", seq=4096, completion=c, per_micro=1, checkpointing=False) for c in (128, 2048)]
+    return rows
+
+
+def run(engine: HFEngine, vocab: int, c: dict) -> dict:
+    gen = torch.Generator().manual_seed(c["seq"] + c["completion"])
+    examples = [(random_ids(c["seq"] - c["completion"] - 1, vocab, gen), random_ids(c["completion"], vocab, gen))
+                for _ in range(NUM_EXAMPLES)]
+    cfg = FinetuneConfig(learning_rate=1e-5, max_seq_len=c["seq"], examples_per_step=NUM_EXAMPLES,
+                         max_tokens_per_micro_batch=c["per_micro"] * c["seq"], gradient_checkpointing=c["checkpointing"])
+    engine.reset()
+    engine.finetune(examples[:1], cfg, seed=0)
+    s = engine.finetune(examples, cfg, seed=0)
+    return c | dict(samples_s=round(s.examples_per_s, 2), tokens_s=round(s.tokens_per_s),
+                    loss_tokens_s=round(s.num_loss_tokens / s.seconds), seconds=round(s.seconds, 2),
+                    checkpointed=f"{s.num_checkpointed}", oom_retries=s.num_oom_retries, peak_gb=round(s.peak_memory_gb, 1))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tiny", action="store_true", help="tiny model on CPU (smoke run)")
+    parser.add_argument("--out", default=None, help="also write the JSON result to this file")
+    args = parser.parse_args(argv)
+
+    device = pick_device(args.tiny)
+    start = time.perf_counter()
+    model = build_model("tiny" if args.tiny else "llama-3.1-8b", device)
+    engine = HFEngine(model, None, ModelConfig(model="random", lora_rank=32, lora_alpha=32))
+    result = header("training", device, argv) | {
+        "model": "tiny llama" if args.tiny else "llama-3.1-8b shape, random bf16", "lora": "rank 32, all linear",
+        "setup_s": round(time.perf_counter() - start, 1), "rows": []}
+    for c in configurations(args.tiny):
+        try:
+            result["rows"].append(run(engine, model.config.vocab_size, c))
+        except Exception as e:  # keep the other configurations' figures
+            traceback.print_exc()
+            result["rows"].append(c | dict(error=error_text(e)))
+        print(result["rows"][-1], flush=True)
+        if args.out:  # what is done so far survives a time limit
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(result) + "\n")
+    print_table(f"LoRA fine-tuning speed, {NUM_EXAMPLES} examples a step", result["rows"],
+                ["sweep", "seq", "completion", "per_micro", "checkpointing", "samples_s", "tokens_s", "loss_tokens_s",
+                 "peak_gb"])
+    return finish(result, args.out)
+
+
+if __name__ == "__main__":
+    main()
