@@ -156,7 +156,10 @@ class FinetuneConfig:
     examples_per_step: int = field(default=1, metadata={
         "help": "examples per optimizer step (gradients are accumulated over micro-batches)"})
     max_tokens_per_micro_batch: int = field(default=10240, metadata={
-        "help": "most padded tokens in one forward/backward; length-sorted examples are packed up to it"})
+        "help": "most tokens (padding included) in one forward/backward; length-sorted examples are grouped up to it"})
+    packing: bool = field(default=False, metadata={
+        "help": "pack a micro-batch's examples into one row without padding, each attending only to itself "
+                "(position ids restart per example); off = rows padded to the micro-batch's longest"})
     max_seq_len: int = field(default=10240, metadata={
         "help": "longer examples (prompt + completion) are dropped (the longest BARC example has ~9.7k tokens)"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm; 0 = off"})
@@ -231,8 +234,13 @@ class LoopConfig:
         "help": "view colour permutation: none, keep-background (0 stays black) or all"})
     augment_train_order: bool = field(default=True, metadata={"help": "views shuffle the order of the train pairs"})
     seed: int = field(default=0, metadata={"help": "seed of views, sampling and fine-tuning: a CPU run is exactly reproducible"})
+    task_group_size: int = field(default=1, metadata={
+        "help": "tasks that learn together in one LoRA adapter: they start together, each round fine-tunes it once "
+                "on all of their relabelled attempts, and a task that stops leaves the group; 1 = each its own"})
 
     def __post_init__(self):
+        if self.task_group_size < 1:
+            raise ValueError(f"task_group_size must be >= 1 (1 = an adapter per task), got {self.task_group_size}")
         if self.samples_per_view < 1:
             raise ValueError(f"samples_per_view must be >= 1, got {self.samples_per_view}")
         for name in ("initial_programs", "programs_per_round"):
@@ -273,11 +281,11 @@ class RunConfig:
         "help": "run the workers as Ray actors on this cluster (auto, or HOST:PORT), one per GPU Ray assigns; "
                 "needs pip install 'arcsl[ray]'; empty = processes on this machine"})
     tasks_in_flight: int = field(default=0, metadata={
-        "help": "tasks each worker searches together in lockstep rounds, each learning in its own LoRA adapter (the "
-                "engine is loaded with that many): a round's sampling for all of them is one engine call, and a "
+        "help": "tasks each worker searches together in lockstep rounds, each learning in its own LoRA adapter, or its "
+                "group's with --task-group-size (the engine is loaded with that many): a round's sampling for all of them is one engine call, and a "
                 "task that stops hands its adapter to the next at once; auto (0) = as many as fill a decode step "
                 "(128 rows on a GPU, 64 on a CPU) with --programs-per-round each, and on a GPU no more than the "
-                "adapters that half of the memory the weights leave holds", "words": {"auto": 0}})
+                "adapters that half of the memory the weights leave holds (times --task-group-size)", "words": {"auto": 0}})
     progress: bool = field(default=True, metadata={"help": "show a progress bar over tasks"})
     wandb: bool = field(default=False, metadata={
         "help": "log to Weights & Biases (pip install wandb; WANDB_MODE=offline works without network)"})

@@ -6,7 +6,9 @@
     stop early when solved (or out of time); select two attempts per test input; reset the LoRA
 
 A round (`run_round`) advances several tasks in lockstep, each learning in its own LoRA adapter of the
-engine: each task fine-tunes its adapter in turn, then ONE sampling call decodes every task's prompts
+engine, or with `task_group_size` K > 1 in its group's: K tasks that start together share one adapter, which
+each round fine-tunes once on all of their relabelled attempts (one call, fuller micro-batches, K times fewer
+adapters), and a task that stops leaves its group. Each adapter fine-tunes in turn, then ONE sampling call decodes every task's prompts
 (each through its own adapter) and ONE sandbox batch runs every program, each as soon as its sample has
 stopped (the engine's `on_complete`), the sandbox being serviced while the engine waits for its device
 (`idle`). A program runs once per view: samples of one view with the same program share its result. A
@@ -15,7 +17,7 @@ one's. A round returns what happened (each task's new attempts and `RoundStats`)
 
 One driver, `run_tasks`, the body of every worker, decides the rest: it takes tasks from a `TaskSource`
 (the run's scheduler, which says which task comes next and whether it may learn or gets search only, and
-by when a round must end), gives each an adapter, and after each round decides which tasks stop (solved,
+by when a round must end), gives each group of tasks an adapter, and after each round decides which tasks stop (solved,
 out of rounds, out of their own time, or out of the time owed to later tasks). It yields what happened
 (`TaskStarted`, `RoundDone`, `TaskDone`, `TaskFailed`) and writes nothing: `arcsl solve` consumes the
 events into its results store and submission, and `search_and_learn` is the same driver on one task. The
@@ -32,11 +34,12 @@ tests, and the toy domain reuses it unchanged with its own prompt format and DSL
 
 Each task draws its views, their sampling seeds and its fine-tuning seeds from its own random generator
 (seeded by the run seed and the task id), and the engine draws each prompt's samples from that prompt's
-seed alone, so a task's attempts do not depend on which tasks share its rounds, on a CPU exactly.
+seed alone, so a task's attempts do not depend on which tasks share its rounds, on a CPU exactly (with task
+groups they do depend on its group's tasks, which learn in its adapter).
 
 The round deadline holds with any number of tasks in flight: a round does not start if its estimate (the
 last round's search, plus each task's learning as seen so far: `RoundCosts`) would end past it, and in a
-round that starts, the tasks' fine-tuning shares the time before the deadline less the search (`learn`
+round that starts, the adapters' fine-tuning shares the time before the deadline less the search (`learn`
 passes each its `stop_at`, after which the engine starts no optimizer step), and the sampling ends at the
 deadline less the execution tail (the last round's), keeping the samples finished by then (the first
 round's too: before any round is seen, nothing else tells its cost). A task's rounds therefore end by the
@@ -336,23 +339,38 @@ def start_run(task: Task, settings: LoopSettings, adapter: int = 0, max_rounds: 
     return TaskRun(task, settings, rng, time.monotonic(), adapter, rounds)
 
 
-def learn(run: TaskRun, engine: Engine, timer: PhaseTimer, stop_at: float | None = None) -> int:
-    """Before a round's search: in round 0, a fresh LoRA in the run's adapter; after it, fine-tune that LoRA
-    on the last round's attempts, relabelled, taking no step from `stop_at` (time.monotonic()) on. Returns
-    the number of examples fine-tuned on."""
-    if run.round == 0:
-        with timer("reset"):
-            engine.reset(adapter=run.adapter)  # a fresh LoRA and optimizer for every task
-        return 0
-    with timer("relabelling"):
-        chosen = training_set(run.task, run.attempts, run.round - 1, run.trained, run.settings.relabel, run.rng)
-        run.trained |= {train_fingerprint(a) for a in chosen}
-        examples = training_examples(run.task, chosen, run.settings.prompt_format, run.settings.relabel.prune_programs)
-    if examples:
-        with timer("finetuning"):
-            engine.finetune(examples, run.settings.finetune, seed=int(run.rng.integers(2**31)), adapter=run.adapter,
-                            stop_at=stop_at)
-    return len(examples)
+def learn(group: list[TaskRun], engine: Engine, timers: list[PhaseTimer], stop_at: float | None = None) -> list[int]:
+    """Before a round's search, for the tasks of one adapter (a group; one task without task groups): in
+    their round 0, a fresh LoRA in it; after it, each task's last-round attempts relabelled, then ONE
+    fine-tuning call of that LoRA on all of them, taking no step from `stop_at` (time.monotonic()) on.
+    Returns the number of examples each task contributed."""
+    adapter, first = group[0].adapter, group[0]
+    assert all(r.adapter == adapter and r.round == first.round for r in group), \
+        f"the tasks of adapter {adapter} must be in the same round: {[(r.task.id, r.round) for r in group]}"
+    if first.round == 0:
+        with shared_phase(timers, "reset"):
+            engine.reset(adapter=adapter)  # a fresh LoRA and optimizer for every task (or group)
+        return [0] * len(group)
+    examples = []
+    for run, timer in zip(group, timers):
+        with timer("relabelling"):
+            chosen = training_set(run.task, run.attempts, run.round - 1, run.trained, run.settings.relabel, run.rng)
+            run.trained |= {train_fingerprint(a) for a in chosen}
+            examples.append(training_examples(run.task, chosen, run.settings.prompt_format,
+                                              run.settings.relabel.prune_programs))
+    if any(examples):
+        with shared_phase(timers, "finetuning"):
+            engine.finetune([e for task_examples in examples for e in task_examples], first.settings.finetune,
+                            seed=int(first.rng.integers(2**31)), adapter=adapter, stop_at=stop_at)
+    return [len(e) for e in examples]
+
+
+def adapter_groups(runs: list[TaskRun]) -> list[list[int]]:
+    """The indices into `runs` of each adapter's tasks, adapters in order of their first task."""
+    groups: dict[int, list[int]] = {}
+    for i, run in enumerate(runs):
+        groups.setdefault(run.adapter, []).append(i)
+    return list(groups.values())
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,11 +384,11 @@ class RoundDone:
 def run_round(runs: list[TaskRun], engine: Engine, pool: SandboxPool,
               on_phase: Callable[[PhaseEvent], None] | None = None, learn_until: float | None = None,
               sample_until: float | None = None) -> list[RoundDone]:
-    """One round of every task in `runs`, in lockstep: each learns (or starts) in its own adapter, in turn;
-    then one search for all of them. Adds each one's new attempts and stats to its run and returns them.
+    """One round of every task in `runs`, in lockstep: each adapter's tasks learn (or start) in it, adapter by
+    adapter; then one search for all of them. Adds each one's new attempts and stats to its run and returns them.
 
     `learn_until` and `sample_until` (time.monotonic(); None: no limit): when the round's fine-tuning and its
-    sampling must be over. The learning tasks share the time until `learn_until` in equal slots, in turn;
+    sampling must be over. The learning adapters share the time until `learn_until` in equal slots, in turn;
     the sampling keeps what has finished by `sample_until`.
 
     Shared phases and the round's "other" are split equally among the tasks (`shared_phase`,
@@ -382,14 +400,16 @@ def run_round(runs: list[TaskRun], engine: Engine, pool: SandboxPool,
         return lambda phase: on_phase(PhaseEvent(run.task.id, run.round, phase, best_train_score(run.attempts)))
 
     timers = [PhaseTimer(on_start=announcer(run)) for run in runs]
-    num_learning, start = sum(r.round > 0 for r in runs), time.monotonic()
-    num_examples, slot = [], 0
-    for run, timer in zip(runs, timers):
+    groups = adapter_groups(runs)
+    num_learning, start = sum(runs[g[0]].round > 0 for g in groups), time.monotonic()
+    num_examples, slot = [0] * len(runs), 0
+    for group in groups:
         stop_at = None
-        if learn_until is not None and run.round > 0:
+        if learn_until is not None and runs[group[0]].round > 0:
             slot += 1
             stop_at = start + (learn_until - start) * slot / num_learning
-        num_examples.append(learn(run, engine, timer, stop_at))
+        for i, n in zip(group, learn([runs[i] for i in group], engine, [timers[i] for i in group], stop_at)):
+            num_examples[i] = n
     new = search(runs, engine, pool, timers, sample_until)
     done = []
     for run, examples, attempts, seconds in zip(runs, num_examples, new, finish_timers(timers)):
@@ -472,32 +492,47 @@ class TaskSource(Protocol):
         """A round ended (its time teaches the deadline what a search costs)."""
 
 
-def check_adapters(engine: Engine, tasks_in_flight: int) -> None:
-    """Refuses an engine with fewer LoRA adapters than tasks in flight (each task learns in its own)."""
-    if engine.num_adapters < tasks_in_flight:
-        raise ValueError(f"--tasks-in-flight {tasks_in_flight} needs an engine with one LoRA adapter per task in "
-                         f"flight; this one has num_adapters={engine.num_adapters}")
+def adapters_needed(tasks_in_flight: int, task_group_size: int = 1) -> int:
+    """LoRA adapters that `tasks_in_flight` tasks in groups of `task_group_size` learn in: one per group."""
+    return -(-tasks_in_flight // task_group_size)
+
+
+def check_adapters(engine: Engine, tasks_in_flight: int, task_group_size: int = 1) -> None:
+    """Refuses an engine with fewer LoRA adapters than the groups of tasks in flight (one task each by default)."""
+    needed = adapters_needed(tasks_in_flight, task_group_size)
+    if engine.num_adapters < needed:
+        groups = f" in groups of {task_group_size}" if task_group_size > 1 else ""
+        raise ValueError(f"--tasks-in-flight {tasks_in_flight}{groups} needs an engine with one LoRA adapter per "
+                         f"{'group' if groups else 'task'} in flight ({needed}); this one has "
+                         f"num_adapters={engine.num_adapters}")
 
 
 def run_tasks(source: TaskSource, engine: Engine, pool: SandboxPool, settings: LoopSettings,
               tasks_in_flight: int = 1, on_phase: Callable[[PhaseEvent], None] | None = None) -> Iterator[Event]:
     """Search and learn on the tasks `source` hands out, `tasks_in_flight` at a time in lockstep rounds, each in
-    its own adapter; a task that stops hands its adapter to the next task at once. Yields what happens, in
-    order. This is the body of every worker, in the parent process or in its own.
+    its own adapter (or, with the loop's task_group_size K, K tasks that start together in one); a task that
+    stops hands its adapter to the next task at once (a group's, once the whole group has stopped). Yields
+    what happens, in order. This is the body of every worker, in the parent process or in its own.
 
     The caller consumes each event before the next round runs (a `RoundDone` is stored before the driver
     asks for the round deadline). An exception in a round fails every task of it (they share its sampling
     call and sandbox batch); the next tasks go on.
     """
-    check_adapters(engine, tasks_in_flight)
+    group_size = settings.loop.task_group_size
+    check_adapters(engine, tasks_in_flight, group_size)
+    adapters = range(adapters_needed(tasks_in_flight, group_size))
     runs: list[TaskRun] = []
     costs = RoundCosts()
     while True:
-        while len(runs) < tasks_in_flight and (handed := source.next_task()) is not None:  # fill free adapters
-            task, max_rounds = handed
-            adapter = min(set(range(tasks_in_flight)) - {r.adapter for r in runs})
-            runs.append(start_run(task, settings, adapter, max_rounds))
-            yield TaskStarted(task, max_rounds)
+        while len(runs) < tasks_in_flight and (free := set(adapters) - {r.adapter for r in runs}):  # fill free adapters
+            group = []
+            while len(group) < group_size and len(runs) < tasks_in_flight and (handed := source.next_task()) is not None:
+                task, max_rounds = handed
+                group.append(start_run(task, settings, min(free), max_rounds))
+                runs.append(group[-1])
+                yield TaskStarted(task, max_rounds)
+            if not group:
+                break
         if not runs:
             return
         deadline = source.round_deadline()

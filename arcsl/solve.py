@@ -159,7 +159,7 @@ def _solve(cfg: SolveConfig, prompt_format: PromptFormat, engine, started: float
 
     specs = _plan_workers(cfg, engine)
     if engine is not None:
-        check_adapters(engine, cfg.run.tasks_in_flight)  # before anything is written
+        check_adapters(engine, cfg.run.tasks_in_flight, cfg.loop.task_group_size)  # before anything is written
     if cfg.data.sort == "auto":  # one queue for several workers: the largest tasks first, so none is left for last
         cfg = replace(cfg, data=replace(cfg.data, sort="large-first" if len(specs) > 1 else "none"))
     out = Path(cfg.run.output_dir)
@@ -270,11 +270,13 @@ def _ray_launcher(address: str):
 
 def _auto_tasks_in_flight(cfg: SolveConfig, num_tasks: int, specs: list[WorkerSpec], engine) -> int:
     if engine is not None:  # an engine passed in (tests, benchmarks): sized as on a CPU, within its adapters
-        return min(engine.num_adapters, auto_tasks_in_flight(cfg.loop.programs_per_round, CPU_ROW_CAP, num_tasks, 1))
+        return min(engine.num_adapters * cfg.loop.task_group_size,
+                   auto_tasks_in_flight(cfg.loop.programs_per_round, CPU_ROW_CAP, num_tasks, 1))
     if not specs[0].device.startswith("cuda"):
         return auto_tasks_in_flight(cfg.loop.programs_per_round, CPU_ROW_CAP, num_tasks, len(specs))
     limit, why = gpu_adapter_limit(cfg.model, None if cfg.run.ray_address else smallest_gpu_bytes())
-    count = auto_tasks_in_flight(cfg.loop.programs_per_round, GPU_PREFERRED_ROWS, num_tasks, len(specs), limit)
+    count = auto_tasks_in_flight(cfg.loop.programs_per_round, GPU_PREFERRED_ROWS, num_tasks, len(specs),
+                                 limit and limit * cfg.loop.task_group_size)  # an adapter holds a group
     print(f"arcsl solve: --tasks-in-flight auto = {count} per worker ({GPU_PREFERRED_ROWS} rows a decode step "
           f"at {cfg.loop.programs_per_round} programs a round; {why})", file=sys.stderr)
     return count

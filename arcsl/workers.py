@@ -34,7 +34,7 @@ from multiprocessing.connection import Connection, wait
 
 from arcsl.config import ModelConfig, SolveConfig
 from arcsl.grids import Task
-from arcsl.loop import Event, LoopSettings, PhaseEvent, RoundDone, TaskDone, TaskFailed, run_tasks
+from arcsl.loop import Event, LoopSettings, PhaseEvent, RoundDone, TaskDone, TaskFailed, adapters_needed, run_tasks
 from arcsl.prompting import PromptFormat
 from arcsl.scheduler import Scheduler
 
@@ -61,17 +61,18 @@ class WorkerLost:
 
 
 def engine_config(cfg: SolveConfig) -> ModelConfig:
-    """The model settings a worker loads: at least one LoRA adapter per task in flight."""
-    return replace(cfg.model, num_adapters=max(cfg.model.num_adapters, cfg.run.tasks_in_flight))
+    """The model settings a worker loads: at least one LoRA adapter per task (or task group) in flight."""
+    needed = adapters_needed(cfg.run.tasks_in_flight, cfg.loop.task_group_size)
+    return replace(cfg.model, num_adapters=max(cfg.model.num_adapters, needed))
 
 
 def auto_tasks_in_flight(programs_per_round: int, preferred_rows: int, num_tasks: int, num_workers: int,
-                         max_adapters: int | None = None) -> int:
+                         max_tasks: int | None = None) -> int:
     """--tasks-in-flight auto: as many tasks per worker as fill a decode step of `preferred_rows` with a round's
-    programs each, but no more than each worker's share of the tasks, nor than the adapters (one per task in
-    flight) its GPU's memory holds."""
+    programs each, but no more than each worker's share of the tasks, nor than `max_tasks` (what the adapters its
+    GPU's memory holds take: one task each, or a task group)."""
     wanted = -(-preferred_rows // programs_per_round)
-    return max(1, min(wanted, -(-num_tasks // num_workers), max_adapters or wanted))
+    return max(1, min(wanted, -(-num_tasks // num_workers), max_tasks or wanted))
 
 
 def gpu_adapter_limit(model: ModelConfig, gpu_bytes: int | None) -> tuple[int | None, str]:

@@ -23,10 +23,15 @@ A warm-up (compilation, first CUDA graphs) runs before the first configuration. 
 
 Execution: each program goes to the sandbox as its sample stops and runs while the others are decoded
 (inside "sampling"); the phase "execution" is only the tail after the sampling call. Each configuration
-reports that tail's share of the wall time, over the run and in its worst round (target: <= 5 %). Note
-that with ignore_eos every sample of a call stops at the same step, so here all programs reach the
-sandbox when the sampling ends and the tail is all of the execution; a real model's samples stop at
-different steps, and only what is left after the last one is the tail.
+reports that tail's share of the wall time, over the run and in its worst round (target: <= 5 %). With
+ignore_eos every sample of a call stops at the same step, so all programs reach the sandbox when the
+sampling ends and the tail is all of the execution. A real model's samples stop at different steps:
+--mean-new-tokens L makes 1/L of the vocabulary end-of-sequence tokens, so (random weights sampling
+near-uniformly) samples stop after ~L tokens on average, geometrically spread, at most --max-new-tokens.
+--slow-programs F makes a fraction F of the programs spin until the sandbox's timeout (5 s), like the one
+BARC program in a hundred that never ends. Example (both, the issue-17 case):
+    python bench/bench_rounds.py --arch llama-3.1-8b --num-tasks 2 --tasks-in-flight 2 --rounds 1 \
+        --mean-new-tokens 200 --slow-programs 0.01
 """
 
 import argparse
@@ -46,6 +51,7 @@ from benchlib import (ProgramEngine, build_model, code_tokenizer, dataset, finis
 from arcsl.config import (DataConfig, FinetuneConfig, LoopConfig, ModelConfig, RelabelConfig, RunConfig,
                           SamplingConfig, SandboxConfig, SolveConfig)
 from arcsl.engine.hf import HFEngine
+from arcsl.loop import adapters_needed
 from arcsl.prompting import BARC_FORMAT, barc_prompt
 from arcsl.solve import solve
 from arcsl.store import open_store
@@ -65,12 +71,12 @@ def solve_config(args, rounds: int, task_ids: list[str], output_dir: Path) -> So
     return SolveConfig(
         data=DataConfig(dataset=DATASET, task_ids=task_ids),
         model=ModelConfig(model=f"random {args.arch}", lora_rank=args.lora_rank, lora_alpha=32,
-                          num_adapters=in_flight),
-        sampling=SamplingConfig(max_new_tokens=args.max_new_tokens, ignore_eos=True),
+                          num_adapters=adapters_needed(in_flight, args.task_group_size)),
+        sampling=SamplingConfig(max_new_tokens=args.max_new_tokens, ignore_eos=not args.mean_new_tokens),
         finetune=FinetuneConfig(),
         relabel=RelabelConfig(max_examples=args.train_examples // rounds),
         loop=LoopConfig(initial_programs=per_search, programs_per_round=per_search, max_rounds=rounds,
-                        samples_per_view=args.samples_per_view, stop="never"),
+                        samples_per_view=args.samples_per_view, stop="never", task_group_size=args.task_group_size),
         sandbox=SandboxConfig(),
         run=RunConfig(output_dir=str(output_dir), progress=False, tasks_in_flight=in_flight))
 
@@ -118,6 +124,7 @@ def measure(args, rounds: int, task_ids: list[str], engine: ProgramEngine, work_
             "programs_per_search": args.programs // (rounds + 1),
             "train_examples_per_round": args.train_examples // rounds,
             "examples_trained": sum(s.num_examples for s in engine.finetune_stats),
+            "finetune_calls": len(engine.finetune_stats),
             "task_s": {k: round(v, 2) for k, v in per_task.items()},
             "mean_task_s": round(statistics.mean(per_task.values()), 2),
             "phase_s_per_task": {phase: round(sum(r[phase] for r in per_round.values()), 2)
@@ -130,6 +137,8 @@ def measure(args, rounds: int, task_ids: list[str], engine: ProgramEngine, work_
                                           for r, phases in sorted(per_round.items())},
             "capture_s_per_task": round(sum(s.capture_s for s in engine.sample_stats) / len(task_ids), 2),
             "output_tokens": sum(s.num_output_tokens for s in engine.sample_stats),
+            "mean_sample_tokens": round(sum(s.num_output_tokens for s in engine.sample_stats)
+                                        / max(sum(s.num_samples for s in engine.sample_stats), 1), 1),
             "solve_wall_s": round(wall, 1)}
 
 
@@ -145,6 +154,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--tasks-in-flight", type=int, default=1,
                         help="tasks searched together, one LoRA adapter each (RunConfig.tasks_in_flight); "
                              "0 = rounds + 1 per configuration (equal rows per decode step)")
+    parser.add_argument("--task-group-size", type=int, default=1,
+                        help="tasks that learn together in one adapter (LoopConfig.task_group_size)")
+    parser.add_argument("--mean-new-tokens", type=int, default=0,
+                        help="samples stop after about this many tokens on average (1/L of the vocabulary ends a "
+                             "sample); 0 = every sample is --max-new-tokens long")
+    parser.add_argument("--slow-programs", type=float, default=0.0,
+                        help="fraction of the programs that run until the sandbox's timeout")
     parser.add_argument("--work-dir", default=None, help="where the runs' output directories go (default: a temp dir)")
     parser.add_argument("--out", default=None, help="also write the JSON result to this file")
     args = parser.parse_args(argv)
@@ -159,8 +175,11 @@ def main(argv: list[str] | None = None) -> dict:
     device = pick_device(tiny)
     tokenizer = code_tokenizer(tiny=tiny)
     model = build_model(args.arch, device, len(tokenizer) if tiny else None)
+    if args.mean_new_tokens:  # every L-th id ends a sample: a stop chance of ~1/L per step
+        vocab = model.config.vocab_size
+        model.generation_config.eos_token_id = list(range(vocab - 1, 0, -args.mean_new_tokens))
     args.lora_rank = 8 if tiny else 32
-    num_adapters = max(tasks_in_flight(args, rounds) for rounds in args.rounds)
+    num_adapters = max(adapters_needed(tasks_in_flight(args, rounds), args.task_group_size) for rounds in args.rounds)
     engine = HFEngine(model, tokenizer, ModelConfig(model=args.arch, lora_rank=args.lora_rank, lora_alpha=32,
                                                     num_adapters=num_adapters))
     task_ids = median_tasks(DATASET, args.num_tasks)
@@ -168,10 +187,11 @@ def main(argv: list[str] | None = None) -> dict:
         "model": f"{args.arch}, random weights", "tasks": task_ids,
         "prompt_tokens": {t.id: len(engine.codec.encode_prompt(barc_prompt(t)))
                           for t in dataset(DATASET) if t.id in task_ids},
-        "settings": {k: getattr(args, k) for k in [*defaults, "tasks_in_flight"]}}
+        "settings": {k: getattr(args, k) for k in [*defaults, "tasks_in_flight", "task_group_size", "mean_new_tokens",
+                                                     "slow_programs"]}}
     result["warm_up_s"] = round(warm_up(engine, args), 1)
     work_dir = Path(args.work_dir or tempfile.mkdtemp(prefix="arcsl_rounds_"))
-    programs = ProgramEngine(engine)
+    programs = ProgramEngine(engine, slow=args.slow_programs)
     result["configs"] = configs = []
     for rounds in args.rounds:
         configs.append(measure(args, rounds, task_ids, programs, work_dir))

@@ -10,7 +10,13 @@ token ids (the loss on the completion only). Every configuration runs through `H
 of 1 example to warm up, then one timed call of 8 examples (`--examples-per-step 8`: 1 optimizer step,
 micro-batches packed up to the budget, longest first). The three sweeps change one thing each against
 the base configuration (4,096 tokens, completion 512, one sequence per micro-batch, no checkpointing).
-Packing several examples into one row is not implemented (the Finetuner pads); it is not measured.
+A fourth sweep, packing, trains 8 examples of spread lengths (1/4 to all of --seq, 512-token completions) in
+micro-batches of 2 x seq tokens, padded to the longest of each (FinetuneConfig.packing off) or packed into one
+row each attending only to itself (on).
+--liger then patches the model with Liger's Triton kernels (RMSNorm, SwiGLU, RoPE; `liger-kernel`, installed
+separately) and runs the length sweep again, so that the fused kernels are measured against the plain model
+in one process before the engine adopts them (the loss is already computed on the completion positions only,
+so Liger's fused linear cross-entropy is not measured).
 Prints a table, then one JSON line.
 """
 
@@ -35,20 +41,28 @@ def configurations(tiny: bool) -> list[dict]:
     if tiny:
         return [dict(sweep="length", seq=128, completion=32, per_micro=1, checkpointing=False),
                 dict(sweep="checkpointing", seq=128, completion=32, per_micro=1, checkpointing=True),
-                dict(sweep="micro-batch", seq=128, completion=32, per_micro=4, checkpointing=False)]
+                dict(sweep="micro-batch", seq=128, completion=32, per_micro=4, checkpointing=False),
+                *(dict(sweep="packing", seq=128, completion=16, per_micro=2, checkpointing=False, packing=p)
+                  for p in (False, True))]
     rows = [dict(sweep="length", seq=n, completion=512, per_micro=1, checkpointing=c)
             for n in (2048, 4096, 8192, 9728) for c in (False, True)]
     rows += [dict(sweep="micro-batch", seq=2048, completion=512, per_micro=k, checkpointing=False) for k in (2, 4, 8)]
     rows += [dict(sweep="completion", seq=4096, completion=c, per_micro=1, checkpointing=False) for c in (128, 2048)]
+    rows += [dict(sweep="packing", seq=4096, completion=512, per_micro=2, checkpointing=False, packing=p)
+             for p in (False, True)]
     return rows
 
 
 def run(engine: HFEngine, vocab: int, c: dict) -> dict:
     gen = torch.Generator().manual_seed(c["seq"] + c["completion"])
-    examples = [(random_ids(c["seq"] - c["completion"] - 1, vocab, gen), random_ids(c["completion"], vocab, gen))
-                for _ in range(NUM_EXAMPLES)]
+    packing = c.get("packing")  # the packing sweep: lengths spread from seq / 4 to seq
+    lengths = [c["seq"] * (4 + 12 * i // (NUM_EXAMPLES - 1)) // 16 if packing is not None else c["seq"]
+               for i in range(NUM_EXAMPLES)]
+    examples = [(random_ids(n - c["completion"] - 1, vocab, gen), random_ids(c["completion"], vocab, gen))
+                for n in lengths]
     cfg = FinetuneConfig(learning_rate=1e-5, max_seq_len=c["seq"], examples_per_step=NUM_EXAMPLES,
-                         max_tokens_per_micro_batch=c["per_micro"] * c["seq"], gradient_checkpointing=c["checkpointing"])
+                         max_tokens_per_micro_batch=c["per_micro"] * c["seq"], gradient_checkpointing=c["checkpointing"],
+                         packing=bool(packing))
     engine.reset()
     engine.finetune(examples[:1], cfg, seed=0)
     s = engine.finetune(examples, cfg, seed=0)
@@ -60,6 +74,7 @@ def run(engine: HFEngine, vocab: int, c: dict) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny model on CPU (smoke run)")
+    parser.add_argument("--liger", action="store_true", help="then the length sweep again with Liger's kernels")
     parser.add_argument("--out", default=None, help="also write the JSON result to this file")
     args = parser.parse_args(argv)
 
@@ -70,8 +85,17 @@ def main(argv: list[str] | None = None) -> dict:
     result = header("training", device, argv) | {
         "model": "tiny llama" if args.tiny else "llama-3.1-8b shape, random bf16", "lora": "rank 32, all linear",
         "setup_s": round(time.perf_counter() - start, 1), "rows": []}
-    for c in configurations(args.tiny):
+    rows = configurations(args.tiny)
+    if args.liger:
+        rows += [c | dict(sweep="liger") for c in rows if c["sweep"] == "length"]
+    for c in rows:
         try:
+            if c["sweep"] == "liger" and not getattr(model, "liger", False):
+                from liger_kernel.transformers import apply_liger_kernel_to_llama
+
+                apply_liger_kernel_to_llama(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
+                                            fused_linear_cross_entropy=False, model=model)
+                model.liger = True
             result["rows"].append(run(engine, model.config.vocab_size, c))
         except Exception as e:  # keep the other configurations' figures
             traceback.print_exc()
@@ -81,8 +105,8 @@ def main(argv: list[str] | None = None) -> dict:
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             Path(args.out).write_text(json.dumps(result) + "\n")
     print_table(f"LoRA fine-tuning speed, {NUM_EXAMPLES} examples a step", result["rows"],
-                ["sweep", "seq", "completion", "per_micro", "checkpointing", "samples_s", "tokens_s", "loss_tokens_s",
-                 "peak_gb"])
+                ["sweep", "seq", "completion", "per_micro", "checkpointing", "packing", "samples_s", "tokens_s",
+                 "loss_tokens_s", "peak_gb"])
     return finish(result, args.out)
 
 

@@ -214,10 +214,11 @@ class ProgramEngine:
     from `programs()`, sample j of prompt i drawn with (the prompt's seed, j); token counts stay those actually
     generated. Each completion is streamed to `on_complete` as the real engine streams it, so its program
     runs while the others are decoded. Benchmarks only: it gives execution, relabelling and fine-tuning
-    realistic work with a random model."""
+    realistic work with a random model. A fraction `slow` of the programs loop until the sandbox's timeout."""
 
-    def __init__(self, engine):
-        self.engine, self.pool = engine, programs()
+    def __init__(self, engine, slow: float = 0.0):
+        self.engine, self.pool, self.slow = engine, programs(), slow
+        self.slow_program = _sandbox_bench().TIMES_OUT
         self.num_adapters = engine.num_adapters
         self.sample_stats, self.finetune_stats = [], []
 
@@ -226,7 +227,8 @@ class ProgramEngine:
         seeds = [seed + i for i in range(len(prompts))] if isinstance(seed, int) else list(seed)
 
         def answer(i: int, j: int, c: Completion) -> Completion:  # the same whether streamed or returned
-            program = random.Random(f"{seeds[i]} {j}").choice(self.pool)
+            draw = random.Random(f"{seeds[i]} {j}")
+            program = self.slow_program if draw.random() < self.slow else draw.choice(self.pool)
             return Completion(program_completion(program), c.num_tokens, c.finish_reason)
 
         streamed = None if on_complete is None else lambda i, j, c: on_complete(i, j, answer(i, j, c))

@@ -68,14 +68,23 @@ def test_the_rounds_benchmark_runs_in_tiny_mode(tmp_path, capsys):
     assert last_json_line(capsys)["bench"] == "rounds"
 
 
-def test_the_rounds_benchmark_runs_with_two_tasks_in_flight(tmp_path, capsys):
+@pytest.mark.parametrize("group", [1, 2])
+def test_the_rounds_benchmark_runs_with_two_tasks_in_flight_alone_or_in_a_group(tmp_path, capsys, group):
     result = load("bench_rounds").main(["--work-dir", str(tmp_path), "--num-tasks", "2", "--rounds", "1",
-                                        "--tasks-in-flight", "2"])
-    assert result["settings"]["tasks_in_flight"] == 2
+                                        "--tasks-in-flight", "2", "--task-group-size", str(group)])
+    assert result["settings"]["tasks_in_flight"] == 2 and result["settings"]["task_group_size"] == group
     [config] = result["configs"]
     assert len(config["task_s"]) == 2 and config["examples_trained"] == 2 * 2
+    assert config["finetune_calls"] == 2 // group  # one a task, or one for the group
     assert config["output_tokens"] == 2 * 12 * 8
     assert last_json_line(capsys)["bench"] == "rounds"
+
+
+def test_the_rounds_benchmark_can_stop_samples_at_spread_lengths(tmp_path):
+    result = load("bench_rounds").main(["--work-dir", str(tmp_path), "--rounds", "1", "--programs", "8",
+                                        "--max-new-tokens", "24", "--mean-new-tokens", "4"])
+    assert result["settings"]["mean_new_tokens"] == 4
+    assert result["configs"][0]["mean_sample_tokens"] < 16  # ~4 expected; all 24 without the option
 
 
 def test_the_rounds_benchmark_can_match_rows_per_decode_step(tmp_path):
@@ -102,6 +111,7 @@ def test_the_family_benchmark_runs_in_tiny_mode(capsys):
 
 def test_the_training_benchmark_runs_in_tiny_mode(capsys):
     result = load("bench_training").main(["--tiny"])
-    assert [r["sweep"] for r in result["rows"]] == ["length", "checkpointing", "micro-batch"]
+    assert [r["sweep"] for r in result["rows"]] == ["length", "checkpointing", "micro-batch", "packing", "packing"]
+    assert [r.get("packing") for r in result["rows"][3:]] == [False, True]
     assert all(r["tokens_s"] > 0 for r in result["rows"]) and result["rows"][1]["checkpointed"] == "8"
     assert last_json_line(capsys)["bench"] == "training"

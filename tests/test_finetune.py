@@ -16,17 +16,18 @@ GREEDY = SamplingConfig(num_samples=1, temperature=0, max_new_tokens=60)
 def test_loss_mask_covers_exactly_the_completion_and_its_end_token(tokenizer):
     engine = tiny_engine(tokenizer)
     short = engine.codec.encode_example(PROMPT, "ok")
-    ids, mask = collate([engine.codec.encode_example(PROMPT, COMPLETION), short], engine.codec.pad_id, "cpu")
+    ids, mask, positions = collate([engine.codec.encode_example(PROMPT, COMPLETION), short], engine.codec.pad_id, "cpu")
     assert tokenizer.decode(ids[0][mask[0]]) == COMPLETION + "<|eot_id|>"
     assert tokenizer.decode(ids[0][~mask[0]]) == engine.codec.render(PROMPT)
     assert tokenizer.decode(ids[1][mask[1]]) == "ok<|eot_id|>"
     assert (ids[1, len(short[0]):] == engine.codec.pad_id).all() and not mask[1, len(short[0]):].any()
     assert engine.codec.pad_id not in engine.codec.stop_ids  # padding with EOS would teach the model never to stop
+    assert positions is None  # padded rows: the model's own positions
 
 
 def test_completion_loss_equals_the_full_logits_loss_on_the_masked_tokens(tokenizer):
     engine = tiny_engine(tokenizer)
-    ids, mask = collate([engine.codec.encode_example(PROMPT, COMPLETION)], engine.codec.pad_id, "cpu")
+    ids, mask, _ = collate([engine.codec.encode_example(PROMPT, COMPLETION)], engine.codec.pad_id, "cpu")
     with torch.no_grad():
         logits = engine.lm(input_ids=ids).logits[0, :-1]
         full = F.cross_entropy(logits[mask[0, 1:]], ids[0, 1:][mask[0, 1:]], reduction="sum")
@@ -42,11 +43,36 @@ def test_right_padding_needs_no_attention_mask(tokenizer):
     assert torch.allclose(apart, together, rtol=1e-5)
 
 
+def test_packed_examples_attend_only_to_themselves_and_lose_what_they_lose_alone(tokenizer):
+    engine = tiny_engine(tokenizer)
+    long, short = engine.codec.encode_example(PROMPT, COMPLETION), engine.codec.encode_example(PROMPT, "ok")
+    ids, mask, positions = collate([long, short], engine.codec.pad_id, "cpu", packing=True)
+    assert ids.shape == (1, len(long[0]) + len(short[0])) and engine.codec.pad_id not in ids
+    assert positions[0].tolist() == list(range(len(long[0]))) + list(range(len(short[0])))
+    assert tokenizer.decode(ids[0][mask[0]]) == COMPLETION + "<|eot_id|>" + "ok<|eot_id|>"
+    with torch.no_grad():
+        apart = sum(completion_loss(engine.lm, *collate([s], engine.codec.pad_id, "cpu")) for s in (long, short))
+        packed = completion_loss(engine.lm, ids, mask, positions)
+        unmasked = completion_loss(engine.lm, ids, mask)  # one sequence: the short one sees the long one
+    assert torch.allclose(apart, packed, rtol=1e-5) and not torch.allclose(apart, unmasked, rtol=1e-5)
+
+
 def test_micro_batches_are_sorted_by_length_and_within_the_token_budget():
     seqs = [([0] * n, 1) for n in (5, 30, 12, 29, 6, 11)]
     batches = micro_batches(seqs, max_tokens=60)
     assert [[len(ids) for ids, _ in b] for b in batches] == [[30, 29], [12, 11, 6, 5]]
     assert all(len(b) * len(b[0][0]) <= 60 for b in batches)
+    packed = micro_batches(seqs, max_tokens=45, packing=True)  # first fit, longest first, by real tokens
+    assert [[len(ids) for ids, _ in b] for b in packed] == [[30, 12], [29, 11, 5], [6]]
+
+
+def test_packing_trains_as_padding_does(tokenizer):
+    examples = [(PROMPT, COMPLETION), (PROMPT, "ok"), (PROMPT, COMPLETION[:40])] * 2
+    cfg = FinetuneConfig(learning_rate=3e-3, max_seq_len=256, max_tokens_per_micro_batch=512, examples_per_step=3)
+    padded = tiny_engine(tokenizer).finetune(examples, cfg)
+    cfg.packing = True
+    packed = tiny_engine(tokenizer).finetune(examples, cfg)
+    assert packed.num_steps == padded.num_steps == 2 and packed.losses == pytest.approx(padded.losses, rel=1e-4)
 
 
 def test_examples_longer_than_max_seq_len_are_dropped(tokenizer):
@@ -95,10 +121,10 @@ def test_a_micro_batch_out_of_memory_is_retried_with_checkpointing_from_its_leng
     long, short = (len(engine.codec.encode_example(PROMPT, c)[0]) for c in (COMPLETION, "ok"))
     loss = finetune.completion_loss
 
-    def small_memory(lm, input_ids, loss_mask):  # sequences longer than `short` fit only when checkpointed
+    def small_memory(lm, input_ids, loss_mask, position_ids):  # longer than `short`: only when checkpointed
         if input_ids.numel() > short and not lm.is_gradient_checkpointing:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return loss(lm, input_ids, loss_mask)
+        return loss(lm, input_ids, loss_mask, position_ids)
 
     monkeypatch.setattr(finetune, "completion_loss", small_memory)
     examples = [(PROMPT, COMPLETION), (PROMPT, "ok"), (PROMPT, COMPLETION)]

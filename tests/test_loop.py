@@ -283,7 +283,7 @@ def test_seed_chooses_the_views_and_the_samples_and_the_same_seed_repeats_them(t
 
 @pytest.mark.parametrize("bad", [dict(samples_per_view=0), dict(initial_programs=6), dict(programs_per_round=0),
                                  dict(max_rounds=-1), dict(stop="sometimes"), dict(augment_colors="some"),
-                                 dict(task_time_s=0)])
+                                 dict(task_time_s=0), dict(task_group_size=0)])
 def test_bad_loop_settings_are_refused_with_the_settings_name(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         LoopConfig(**bad)
@@ -321,6 +321,46 @@ def test_the_driver_refuses_more_tasks_in_flight_than_adapters(tasks, pool):
         drive([tasks["c59eb873"]], ScriptedEngine({3: [SCALE_2]}, num_adapters=2), pool, settings(), tasks_in_flight=3)
 
 
+def train_pairs_shown(example) -> int:
+    """Which task a relabelled example comes from, by the number of train pairs its prompt shows (3 or 4 here)."""
+    return example[0].messages[-1]["content"].count("\nExample ")
+
+
+def test_task_group_size_makes_tasks_learn_together_in_one_adapter_fine_tuned_once_a_round(tasks, pool):
+    engine = ScriptedEngine({3: [SCALE_2, IDENTITY], 4: [IDENTITY, CRASH]}, num_adapters=1)
+    events = drive([tasks["c59eb873"], tasks["3c9b0459"]], engine, pool,
+                   settings(max_rounds=2, stop="one-solution", task_group_size=2,
+                            relabel=RelabelConfig(skip_trained=False)), tasks_in_flight=2)
+    assert engine.reset_adapters == [0]  # one fresh LoRA for the group
+    assert engine.sampled_adapters == [[0] * 4, [0] * 2, [0] * 2]  # 2 views a task; c59eb873 solved in round 0
+    # c59eb873 left its group when solved: the group's one call a round holds only 3c9b0459's examples
+    assert engine.finetuned_adapters == [0, 0]
+    assert [sorted({train_pairs_shown(e) for e in call}) for call in engine.finetuned] == [[4], [4]]
+    done = {e.task.id: e.result for e in events if isinstance(e, TaskDone)}
+    assert done["c59eb873"].stop_reason == "solved" and done["3c9b0459"].stop_reason == "max-rounds"
+    assert [r.num_examples for r in done["3c9b0459"].rounds] == [0, 1, 1]
+
+    engine = ScriptedEngine({3: [IDENTITY], 4: [IDENTITY, CRASH]}, num_adapters=1)
+    events = drive([tasks["c59eb873"], tasks["3c9b0459"]], engine, pool,
+                   settings(max_rounds=1, task_group_size=2), tasks_in_flight=2)
+    assert [sorted(train_pairs_shown(e) for e in call) for call in engine.finetuned] == [[3, 4]]  # both, one call
+    rounds = [e.stats for e in events if isinstance(e, RoundDone)]
+    assert [r.num_examples for r in rounds] == [0, 0, 1, 1]
+
+
+def test_a_task_group_hands_its_adapter_on_only_when_all_its_tasks_have_stopped(tasks, pool):
+    third = dataclasses.replace(tasks["c59eb873"], id="c59eb873-copy")
+    engine = ScriptedEngine({3: [SCALE_2], 4: [IDENTITY]}, num_adapters=1)
+    events = drive([tasks["c59eb873"], tasks["3c9b0459"], third], engine, pool,
+                   settings(max_rounds=1, stop="one-solution", task_group_size=2), tasks_in_flight=2)
+    kinds = [(type(e).__name__, e.task.id) for e in events if not isinstance(e, RoundDone)]
+    assert kinds == [("TaskStarted", "c59eb873"), ("TaskStarted", "3c9b0459"), ("TaskDone", "c59eb873"),
+                     ("TaskDone", "3c9b0459"), ("TaskStarted", "c59eb873-copy"), ("TaskDone", "c59eb873-copy")]
+    assert engine.reset_adapters == [0, 0]  # a fresh LoRA for each group
+    with pytest.raises(ValueError, match=r"--tasks-in-flight 3 in groups of 2 needs .* one LoRA adapter per group in flight \(2\)"):
+        drive([tasks["c59eb873"]], engine, pool, settings(task_group_size=2), tasks_in_flight=3)
+
+
 def test_tasks_searched_together_must_share_their_settings(tasks, pool):
     from arcsl.loop import run_round, start_run
 
@@ -347,6 +387,7 @@ SETTING_TESTS = {  # LoopConfig field -> the test that shows it does what its he
     "augment_colors": test_augment_colors_permutes_no_colour_all_but_black_or_all,
     "augment_train_order": test_augment_train_order_shuffles_the_train_pairs_or_not,
     "seed": test_seed_chooses_the_views_and_the_samples_and_the_same_seed_repeats_them,
+    "task_group_size": test_task_group_size_makes_tasks_learn_together_in_one_adapter_fine_tuned_once_a_round,
 }
 
 

@@ -24,6 +24,7 @@ from arcsl.selection import prediction_grids, select_attempts
 from arcsl.solve import BAR_FORMAT, status_text
 from arcsl.store import open_store
 from arcsl.submission import read_submission, submission_problems
+from arcsl.workers import engine_config
 import test_workers
 from fakes import CRASH, IDENTITY, NO_CODE, ROTATE_180, SCALE_2, FakeClock, ScriptedEngine
 
@@ -401,6 +402,18 @@ def test_an_engine_with_fewer_adapters_than_tasks_in_flight_is_refused_before_an
     with pytest.raises(ValueError, match="--tasks-in-flight 3 .* one LoRA adapter per task .* num_adapters=2"):
         solve(config(tmp_path, dataset, tasks_in_flight=3), engine=ScriptedEngine(SCRIPTS, num_adapters=2))
     assert not (tmp_path / "run").exists()
+
+
+def test_a_task_group_fine_tunes_once_a_round_and_shares_its_time(tmp_path, dataset, clock):
+    started = clock.now
+    engine = ScriptedEngine(SCRIPTS, clock=clock, sample_s=100.0, finetune_s=10.0, num_adapters=1)
+    cfg = config(tmp_path, dataset, tasks_in_flight=2, loop=dict(max_rounds=1, stop="never", task_group_size=2))
+    assert engine_config(cfg).num_adapters == 1  # what a worker loads: one adapter per group
+    solve(cfg, engine=engine)
+    assert clock.now - started == 2 * 100.0 + 10.0 and engine.finetuned_adapters == [0]  # one call for both
+    with open_store(tmp_path / "run" / "results.sqlite", resume=True) as store:
+        finetuning = [t.seconds for t in store.phase_timings() if t.phase == "finetuning" and t.round == 1]
+    assert finetuning == pytest.approx([5.0, 5.0])  # each task's share of the group's call
 
 
 def test_tasks_in_flight_share_each_rounds_time_so_their_timings_add_up_to_the_wall_time(tmp_path, dataset, clock):

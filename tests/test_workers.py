@@ -162,7 +162,7 @@ def test_tasks_in_flight_auto_stays_within_the_adapters_a_gpus_memory_holds(tmp_
     from arcsl.config import ModelConfig
     from arcsl.toy.config import SHIPPED_MODEL_DIR as SHIPPED_MODEL
 
-    assert auto_tasks_in_flight(16, 128, 400, 1) == 8 and auto_tasks_in_flight(16, 128, 400, 1, max_adapters=3) == 3
+    assert auto_tasks_in_flight(16, 128, 400, 1) == 8 and auto_tasks_in_flight(16, 128, 400, 1, max_tasks=3) == 3
     model = ModelConfig(model=str(SHIPPED_MODEL), lora_rank=8)
     count, why = gpu_adapter_limit(model, 2**30)  # a tiny model on a 1 GiB GPU: hundreds of adapters
     assert count > 100 and why == f"{count} adapters of rank 8 fit in 1 GiB"

@@ -3,7 +3,8 @@
 What is covered:
 - `Finetuner`: one AdamW (fused on GPU) per adapter over its LoRA parameters, created once; constant
   learning rate after a linear warm-up counted from the adapter's last reset; gradient accumulation over
-  length-sorted micro-batches packed up to a token budget; gradient clipping; optional gradient
+  micro-batches of up to a token budget, either length-sorted rows padded to their longest or (`packing`)
+  examples packed into one row without padding; gradient clipping; optional gradient
   checkpointing; `reset(adapter)` copies the initial LoRA values back in place and drops that adapter's
   optimizer state (milliseconds). Every adapter starts from the same initial values (one copy is kept).
 - memory, planned (GPU): before each micro-batch, its activation memory (`memory.ActivationModel`,
@@ -14,7 +15,9 @@ What is covered:
   the one that failed (and longer ones, from then on), then once more after the sampler's kept memory is
   released.
 - `collate`: right padding with a dedicated pad token and a loss mask over exactly the completion tokens
-  (and the end token that closes them).
+  (and the end token that closes them); packed, one row whose position ids restart at each example, from
+  which transformers builds a block-diagonal causal mask (each example attends only to itself). A packed
+  row's boundary predicts nothing: each example starts with prompt tokens, outside the loss mask.
 - `completion_loss`: logits are computed only at the positions that predict completion tokens, so a
   4k-token prompt never materialises a 4k x vocab logits tensor.
 - data parallelism (`DataParallel`, set by `arcsl finetune` when several processes train one LoRA): every
@@ -22,7 +25,7 @@ What is covered:
   step's completion tokens, and one all-reduce sums the gradients (and the loss), so every process takes the
   step one process would have taken, up to the order of the float sums.
 
-What is not covered: packing several examples into one row, learning-rate decay, training several
+What is not covered: learning-rate decay, training several
 adapters in one step (a call trains one; the caller makes it the model's active adapter), data parallelism
 in the per-task rounds (there tasks are sharded over the workers, not batches).
 """
@@ -41,35 +44,53 @@ from arcsl.engine.tokens import Tokenized
 from arcsl.engine.types import FinetuneStats
 
 
-def collate(batch: list[Tokenized], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ids and the loss mask (True on completion tokens and the end token). Shapes: (b, T) each."""
+def collate(batch: list[Tokenized], pad_id: int, device,
+            packing: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Ids, the loss mask (True on completion tokens and the end token) and position ids. Right-padded rows
+    (b, T), position ids None (the model's own); packed, one row (1, sum of lengths), positions restarting at
+    0 for each example."""
+    if packing:
+        ids = torch.tensor([t for seq, _ in batch for t in seq])
+        loss_mask = torch.cat([torch.arange(len(seq)) >= n for seq, n in batch])
+        positions = torch.cat([torch.arange(len(seq)) for seq, _ in batch])
+        return ids[None].to(device), loss_mask[None].to(device), positions[None].to(device)
     width = max(len(ids) for ids, _ in batch)
     input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     loss_mask = torch.zeros((len(batch), width), dtype=torch.bool)
     for row, (ids, num_prompt) in enumerate(batch):
         input_ids[row, :len(ids)] = torch.tensor(ids)
         loss_mask[row, num_prompt:len(ids)] = True
-    return input_ids.to(device), loss_mask.to(device)
+    return input_ids.to(device), loss_mask.to(device), None
 
 
-def completion_loss(lm, input_ids: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+def completion_loss(lm, input_ids: torch.Tensor, loss_mask: torch.Tensor,
+                    position_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Summed next-token cross-entropy over the masked tokens. Shapes: (b, T) each -> scalar."""
     # No attention mask: with right padding, a causal mask alone keeps real tokens from seeing pads, and it
-    # lets SDPA use its causal kernel with the KV heads unexpanded.
-    hidden = lm.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state
+    # lets SDPA use its causal kernel with the KV heads unexpanded. Packed rows pass position ids that
+    # restart, from which transformers makes the block-diagonal mask (it does so only without a mask).
+    hidden = lm.get_decoder()(input_ids=input_ids, position_ids=position_ids, use_cache=False).last_hidden_state
     predicts = loss_mask[:, 1:]  # hidden state i predicts token i + 1
     logits = lm.get_output_embeddings()(hidden[:, :-1][predicts]).float()
     return F.cross_entropy(logits, input_ids[:, 1:][predicts], reduction="sum")
 
 
-def micro_batches(seqs: list[Tokenized], max_tokens: int) -> list[list[Tokenized]]:
-    """Longest first; each micro-batch holds as many as fit in `max_tokens` padded tokens."""
+def micro_batches(seqs: list[Tokenized], max_tokens: int, packing: bool = False) -> list[list[Tokenized]]:
+    """Longest first; each micro-batch holds as many as fit in `max_tokens` padded tokens, or with `packing`
+    in `max_tokens` tokens (first fit: each example goes to the first micro-batch it fits in)."""
     batches: list[list[Tokenized]] = []
+    sizes: list[int] = []
     for seq in sorted(seqs, key=lambda s: len(s[0]), reverse=True):
-        if batches and (len(batches[-1]) + 1) * len(batches[-1][0][0]) <= max_tokens:
-            batches[-1].append(seq)
+        if packing:
+            fit = next((i for i, size in enumerate(sizes) if size + len(seq[0]) <= max_tokens), None)
         else:
+            fit = len(batches) - 1 if batches and (len(batches[-1]) + 1) * len(batches[-1][0][0]) <= max_tokens else None
+        if fit is None:
             batches.append([seq])
+            sizes.append(len(seq[0]))
+        else:
+            batches[fit].append(seq)
+            sizes[fit] += len(seq[0])
     return batches
 
 
@@ -223,8 +244,9 @@ class Finetuner:
         num_loss_tokens = sum(len(ids) - n for ids, n in seqs)  # the whole step's, whichever share runs here
         total = torch.zeros((), device=self.device)
         mine = self.data_parallel.shard(seqs) if self.data_parallel else seqs
-        for k, batch in enumerate(micro_batches(mine, cfg.max_tokens_per_micro_batch)):
-            tokens = len(batch) * len(batch[0][0])  # padded: the longest comes first
+        for k, batch in enumerate(micro_batches(mine, cfg.max_tokens_per_micro_batch, cfg.packing)):
+            # padded, the longest first; or packed
+            tokens = sum(len(ids) for ids, _ in batch) if cfg.packing else len(batch) * len(batch[0][0])
             limit = self.checkpoint_from_tokens
             checkpointed = cfg.gradient_checkpointing or (limit is not None and tokens >= limit)
             if self.activations is not None:
@@ -232,10 +254,10 @@ class Finetuner:
             self.micro_batch = (tokens, checkpointed)
             self._set_checkpointing(checkpointed)
             self.counts["checkpointed"] += checkpointed
-            input_ids, loss_mask = collate(batch, self.pad_id, self.device)
+            input_ids, loss_mask, positions = collate(batch, self.pad_id, self.device, cfg.packing)
             with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
                                 enabled=self.autocast_dtype is not None):
-                loss = completion_loss(self.lm, input_ids, loss_mask) / num_loss_tokens
+                loss = completion_loss(self.lm, input_ids, loss_mask, positions) / num_loss_tokens
             loss.backward()
             total += loss.detach()
         if self.data_parallel is not None:

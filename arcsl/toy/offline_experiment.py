@@ -11,7 +11,9 @@ Per seed, four arms over the 8 demo tasks (the demo's settings otherwise, `demo.
   relabelled attempts (`--examples-per-task 8 --select spread`, the demo's fine-tuning settings, 8 epochs)
   into one adapter, then a second search of 64 programs from that adapter: 128 programs per task, and a
   task counts as solved when either search solved it;
-- offline, second search only: the 64 programs from the adapter (is the adapter better than the model?).
+- offline, second search only: the 64 programs from the adapter (is the adapter better than the model?);
+- task groups: search-and-learn with `--task-group-size K` (default 4): K tasks learn in one adapter, each
+  round fine-tuning it once on all of their relabelled attempts.
 Prints a table per seed and the totals, and writes them to OUTPUT_DIR/results.md.
 """
 
@@ -27,22 +29,26 @@ from arcsl.toy.demo import _arm_results, compare, demo_config
 HALF = 64  # programs per task of each offline search
 
 
-def search(cfg: SolveConfig, output_dir: Path, programs: int, adapter: str = "") -> dict:
+def run_arm(cfg: SolveConfig, output_dir: Path) -> dict:
     from arcsl.catalog import prompt_format
     from arcsl.solve import solve
 
-    run = replace(cfg, loop=replace(cfg.loop, initial_programs=programs, max_rounds=0),
-                  model=replace(cfg.model, adapter=adapter), run=replace(cfg.run, output_dir=str(output_dir)))
-    solve(run, prompt_format(run.loop.prompt_format))
+    solve(replace(cfg, run=replace(cfg.run, output_dir=str(output_dir))), prompt_format(cfg.loop.prompt_format))
     return _arm_results(output_dir)
 
 
-def run_seed(seed: int, out: Path, epochs: int) -> dict[str, list[str]]:
+def search(cfg: SolveConfig, output_dir: Path, programs: int, adapter: str = "") -> dict:
+    return run_arm(replace(cfg, loop=replace(cfg.loop, initial_programs=programs, max_rounds=0),
+                           model=replace(cfg.model, adapter=adapter)), output_dir)
+
+
+def run_seed(seed: int, out: Path, epochs: int, group_size: int) -> dict[str, list[str]]:
     """The solved tasks of each arm for one seed."""
-    from arcsl.catalog import PROMPT_FORMATS, prompt_format
+    from arcsl.catalog import PROMPT_FORMATS, prompt_format, resolve_dataset
     from arcsl.offline import finetune_offline
 
     cfg = demo_config(str(out / "demo"))
+    cfg = replace(cfg, data=resolve_dataset(cfg.data))  # the shipped name -> its file, as the CLI does
     cfg = replace(cfg, loop=replace(cfg.loop, seed=seed), run=replace(cfg.run, progress=False))
     rows = compare(cfg, prompt_format(cfg.loop.prompt_format))
     first = search(cfg, out / "offline-first", HALF)
@@ -52,10 +58,12 @@ def run_seed(seed: int, out: Path, epochs: int) -> dict[str, list[str]]:
                                        examples_per_task=8, select="spread", seed=seed, progress=False),
                          cfg.model, replace(cfg.finetune, num_epochs=epochs), cfg.relabel, PROMPT_FORMATS)
     second = search(cfg, out / "offline-second", HALF, adapter=str(adapter))
+    groups = run_arm(replace(cfg, loop=replace(cfg.loop, task_group_size=group_size)), out / f"groups-of-{group_size}")
     solved = {"search-and-learn": [r.task_id for r, _ in rows if r is not None and r.solved],
               "search alone": [r.task_id for _, r in rows if r is not None and r.solved],
               "offline": sorted({t for arm in (first, second) for t, r in arm.items() if r.solved}),
-              "offline, second search": sorted(t for t, r in second.items() if r.solved)}
+              "offline, second search": sorted(t for t, r in second.items() if r.solved),
+              f"groups of {group_size}": sorted(t for t, r in groups.items() if r.solved)}
     (out / "solved.json").write_text(json.dumps(solved, indent=1))
     return solved
 
@@ -64,10 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--epochs", type=int, default=8, help="epochs of the offline fine-tuning")
+    parser.add_argument("--group-size", type=int, default=4, help="tasks per adapter in the task-groups arm")
     parser.add_argument("--output-dir", default="out/toy-offline")
     args = parser.parse_args(argv)
     out = Path(args.output_dir)
-    results = {seed: run_seed(seed, out / f"seed-{seed}", args.epochs) for seed in args.seeds}
+    results = {seed: run_seed(seed, out / f"seed-{seed}", args.epochs, args.group_size) for seed in args.seeds}
     arms = list(next(iter(results.values())))
     lines = ["| seed | " + " | ".join(arms) + " |", "|---" * (len(arms) + 1) + "|"]
     for seed, solved in results.items():
