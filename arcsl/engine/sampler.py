@@ -5,7 +5,9 @@ What is covered:
   DecodeWeights`, which says what the families share and where they differ): the prompt's KV cache is stored
   once and attended by all of its samples (never copied per sample); each sample's own tokens go to a
   static cache. Attention runs in two parts, prompt and own tokens, merged by their log-sum-exp, with the
-  KV heads never expanded (native GQA). A decoder lives as long as the engine: its caches are reused by
+  KV heads never expanded (native GQA): on a GPU as two Triton kernels per layer (`attention`, which also
+  writes the step's K/V), elsewhere (and for shapes they do not cover) as PyTorch operations
+  (`two_part_attention`). A decoder lives as long as the engine: its caches are reused by
   every batch of the same shape, and its decode steps, captured as CUDA graphs once per (prompt-length
   bucket, step-cache width), are replayed across calls and rounds (the weights they read are updated in
   place). The prompts of a batch are prefilled together, padded to the longest. Each prompt may use its own
@@ -41,6 +43,7 @@ import torch.nn.functional as F
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb, rotate_half
 
 from arcsl.config import SamplingConfig
+from arcsl.engine import attention
 from arcsl.engine.planner import ALIGN, PREFILL_TOKENS, PROMPT_ALIGN, round_up
 from arcsl.engine.token_choice import PromptNoise, pick_tokens
 from arcsl.engine.types import StopRule
@@ -155,6 +158,32 @@ def attention_scores(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
         # bf16 operands, float32 result: the accuracy of a flash kernel without a float32 copy of the cache
         return torch.bmm(q, k.transpose(1, 2), out_dtype=torch.float32)
     return torch.bmm(q, k.transpose(1, 2)).float()
+
+
+def two_part_attention(ops: DecodeOps, q_own: torch.Tensor, q_shared: torch.Tensor, kv_new: torch.Tensor,
+                       step_kv: torch.Tensor, step_index: torch.Tensor, step_bias: torch.Tensor, width: int,
+                       prompt_kv: torch.Tensor, prompt_bias: torch.Tensor, prompt_cap: int,
+                       scale: float) -> torch.Tensor:
+    """One layer's decode attention as PyTorch operations (the CPU path, and the reference of the GPU
+    kernels in `attention`); also writes the step's K/V into `step_kv`.
+
+    Shapes: q_own, q_shared and kv_new as `rotate` gives them; step_kv (2, rows, kv, step_cap, d), of which
+    the first `width` slots are read, masked by step_bias (1, 1, width); prompt_kv (2, prompts, kv, capacity,
+    d), the first `prompt_cap` slots read, masked by prompt_bias (prompts * kv, 1, >= prompt_cap).
+    Returns (rows, heads * d) in the caches' dtype.
+    """
+    kv, d, dtype = step_kv.shape[2], step_kv.shape[-1], step_kv.dtype
+    m = q_own.shape[0] // (kv * prompt_kv.shape[1])
+    step_kv.index_copy_(3, step_index, kv_new)
+    keys, values = (step_kv[j, :, :, :width].reshape(-1, width, d) for j in (0, 1))
+    own, own_lse = ops.softmax_lse(attention_scores(q_own, keys), step_bias, scale, dtype)
+    own = torch.bmm(own, values)
+    # all queries of one prompt's rows against its cache in one matrix product
+    keys, values = (prompt_kv[j, :, :, :prompt_cap].reshape(-1, prompt_cap, d) for j in (0, 1))
+    bias = prompt_bias[:, :, :prompt_cap]
+    shared, shared_lse = ops.softmax_lse(attention_scores(q_shared, keys), bias, scale, dtype)
+    shared = torch.bmm(shared, values)
+    return ops.merge_parts(shared, shared_lse, own, own_lse, kv, m)
 
 
 # --- decoders -----------------------------------------------------------------------------------------
@@ -360,19 +389,16 @@ class SharedPrefixDecoder:
         return w.head(h).float()
 
     def _attention(self, i, qkv, cos, sin, step_bias, width, prompt_cap) -> torch.Tensor:
-        ops, kv, m, d = self.ops, self.w.num_kv_heads, self.rows_per_prompt, self.w.head_dim
-        layer = self.w.layers[i]
-        q_own, q_shared, kv_new = ops.rotate(qkv, cos, sin, kv, m, layer.q_norm, layer.k_norm, self.w.qk_eps)
-        self.step_kv[i].index_copy_(3, self.step_index, kv_new)
-        keys, values = (self.step_kv[i, j, :, :, :width].reshape(-1, width, d) for j in (0, 1))
-        own, own_lse = ops.softmax_lse(attention_scores(q_own, keys), step_bias, self.w.scale, self.dtype)
-        own = torch.bmm(own, values)
-        # all queries of one prompt's rows against its cache in one matrix product
-        keys, values = (self.prompt_kv[i, j, :, :, :prompt_cap].reshape(-1, prompt_cap, d) for j in (0, 1))
-        bias = self.prompt_bias[:, :, :prompt_cap]
-        shared, shared_lse = ops.softmax_lse(attention_scores(q_shared, keys), bias, self.w.scale, self.dtype)
-        shared = torch.bmm(shared, values)
-        return ops.merge_parts(shared, shared_lse, own, own_lse, kv, m)
+        w, kv, m = self.w, self.w.num_kv_heads, self.rows_per_prompt
+        layer = w.layers[i]
+        q_own, q_shared, kv_new = self.ops.rotate(qkv, cos, sin, kv, m, layer.q_norm, layer.k_norm, w.qk_eps)
+        if attention.supported(self.device, self.dtype, w.head_dim):
+            # a prompt's length is its rows' first position
+            return attention.decode_attention(q_own.unflatten(0, (-1, kv)), kv_new[:, :, :, 0], self.step_kv[i],
+                                              self.step_index, self.prompt_kv[i], self.first_position[::m],
+                                              prompt_cap, w.scale)
+        return two_part_attention(self.ops, q_own, q_shared, kv_new, self.step_kv[i], self.step_index, step_bias,
+                                  width, self.prompt_kv[i], self.prompt_bias, prompt_cap, w.scale)
 
 
 class CacheDecoder:
