@@ -159,7 +159,8 @@ class FinetuneConfig:
         "help": "most tokens (padding included) in one forward/backward; length-sorted examples are grouped up to it"})
     packing: bool = field(default=False, metadata={
         "help": "pack a micro-batch's examples into one row without padding, each attending only to itself "
-                "(position ids restart per example); off = rows padded to the micro-batch's longest"})
+                "(position ids restart per example); off = rows padded to the micro-batch's longest. Under SDPA "
+                "it was 2.7x slower (a dense block mask; docs/gpu.md)"})
     max_seq_len: int = field(default=10240, metadata={
         "help": "longer examples (prompt + completion) are dropped (the longest BARC example has ~9.7k tokens)"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm; 0 = off"})

@@ -115,3 +115,14 @@ def test_a_task_one_arm_did_not_reach_shows_as_not_reached():
     table = comparison_table([(a, ArmResult("a", False, 0.2, 16)), (b, None), (None, ArmResult("c", True, 1.0, 16))])
     assert "| b | no (0.500, 16 programs) | not reached |" in table and "| c | not reached | **solved**" in table
     assert "| **solved** | **1 / 3** | **1 / 3** |" in table
+
+
+def test_the_transfer_tasks_are_out_of_distribution_and_disjoint_from_the_demos():
+    from arcsl.toy.offline_experiment import transfer_tasks
+
+    tasks = transfer_tasks()
+    ids = [t.task.id for t in tasks]
+    assert len(set(ids)) == 8 and not set(ids) & {t.task.id for t in demo_tasks()}
+    assert all(8 <= t.num_calls <= 16 for t in tasks)  # pretraining had 1-5 calls
+    demo_grids = {p.input.tobytes() for t in demo_tasks() for p in t.task.train + t.task.test}
+    assert not demo_grids & {p.input.tobytes() for t in tasks for p in t.task.train + t.task.test}
