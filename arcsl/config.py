@@ -146,12 +146,21 @@ class SamplingConfig:
             raise ValueError(f"max_batch_size must be >= 0 (0 = sized to memory), got {self.max_batch_size}")
 
 
+LR_SCHEDULES = ("constant", "linear", "cosine")
+
+
 @dataclass(slots=True)
 class FinetuneConfig:
     learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate (constant after warm-up)"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     warmup_steps: int = field(default=0, metadata={
         "help": "optimizer steps of linear warm-up, counted from the last reset (not per call)"})
+    lr_schedule: str = field(default="constant", metadata={
+        "help": "the learning rate after the warm-up: constant, or decaying to 0 (linear or cosine) over "
+                "--schedule-steps"})
+    schedule_steps: int = field(default=0, metadata={
+        "help": "optimizer steps, from the last reset, over which linear/cosine decay to 0; 0 = the steps of each "
+                "call (a per-task round decays within its own fine-tuning; arcsl finetune: the whole training)"})
     num_epochs: int = field(default=1, metadata={"help": "passes over the examples per finetune call"})
     examples_per_step: int = field(default=1, metadata={
         "help": "examples per optimizer step (gradients are accumulated over micro-batches)"})
@@ -174,6 +183,10 @@ class FinetuneConfig:
         if self.weight_decay < 0 or self.warmup_steps < 0 or self.max_grad_norm < 0:
             raise ValueError(f"weight_decay, warmup_steps and max_grad_norm must be >= 0; got "
                              f"{self.weight_decay}, {self.warmup_steps}, {self.max_grad_norm}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}; got {self.lr_schedule!r}")
+        if self.schedule_steps < 0:
+            raise ValueError(f"schedule_steps must be >= 0 (0 = each call's steps), got {self.schedule_steps}")
         if self.num_epochs < 1 or self.examples_per_step < 1:
             raise ValueError(f"num_epochs and examples_per_step must be >= 1; got {self.num_epochs}, {self.examples_per_step}")
         if self.max_seq_len < 2 or self.max_tokens_per_micro_batch < self.max_seq_len:
@@ -334,6 +347,8 @@ class OfflineConfig:
         "help": "which ones, by train score: best, worst, or spread evenly from best to worst"})
     seed: int = field(default=0, metadata={"help": "seed of the training order"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar with the loss and tokens/s"})
+    wandb: bool = field(default=False, metadata={
+        "help": "log each step's loss, tokens/s and learning rate to Weights & Biases (pip install wandb)"})
     checkpoint_every: int = field(default=100, metadata={
         "help": "optimizer steps between checkpoints (adapter and optimizer state in OUTPUT_DIR/checkpoint); "
                 "Ctrl-C or SIGTERM also writes one after the current step; 0 = only then"})

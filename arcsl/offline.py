@@ -20,7 +20,10 @@ Checkpoints (adapter, optimizer state, progress) go to OUTPUT_DIR/checkpoint eve
 and when the run is stopped (Ctrl-C, SIGTERM: after the current step); `--resume` goes on from the last one,
 refusing if the examples or a setting that changes the result differ.
 
-What is not covered yet: data parallelism over several GPUs, packing (issue 18 lists them).
+`--num-processes N` (or torchrun / accelerate launch) trains data parallel: each process runs its share of a
+step's examples and the gradients are summed (`engine.finetune.DataParallel`). A linear or cosine
+`--lr-schedule` decays over the whole training (`--schedule-steps`, by default all of its steps), not per
+engine call.
 """
 
 import hashlib
@@ -95,7 +98,8 @@ def examples_from_runs(runs: list[str], cfg: OfflineConfig, relabel: RelabelConf
 
 CHECKPOINT, PROGRESS = "checkpoint", "progress.json"
 # settings a resumed training may change: where and how it runs, not what it computes
-RESUMABLE = {"offline": {"progress", "checkpoint_every", "resume", "num_processes"}, "model": {"device", "gpu_memory_gb"},
+RESUMABLE = {"offline": {"progress", "wandb", "checkpoint_every", "resume", "num_processes"},
+             "model": {"device", "gpu_memory_gb"},
              "finetune": {"max_tokens_per_micro_batch", "gradient_checkpointing"}}
 
 
@@ -130,6 +134,12 @@ def finetune_offline(cfg: OfflineConfig, model: ModelConfig, finetune: FinetuneC
         log(f"{len(examples)} examples from {len(counts)} tasks of {len(cfg.from_run)} runs (prompt format "
             f"{format_name})" + (f", {parallel.world_size} processes" if parallel else "")
             + (f"; resuming at step {done['step']}" if done else ""))
+        wandb_run = None  # before the model loads: a missing package is one line at once
+        if cfg.wandb and is_main:
+            from arcsl.solve import start_wandb
+
+            out.mkdir(parents=True, exist_ok=True)
+            wandb_run = start_wandb(settings, out, "finetune")
         if engine is None:
             from arcsl.engine.hf import load_engine
 
@@ -143,6 +153,9 @@ def finetune_offline(cfg: OfflineConfig, model: ModelConfig, finetune: FinetuneC
         started, seconds_before, resumed_at = time.monotonic(), progress["seconds"], done["step"] if done else None
 
         def after_step(step: int, stats, stop: list[int]) -> None:
+            if wandb_run is not None and stats.losses:
+                wandb_run.log({"step": step, "loss": stats.losses[-1], "tokens_per_s": stats.tokens_per_s,
+                               "learning_rate": engine.finetuner.optimizers[0].param_groups[0]["lr"]})
             progress["step"] = step
             progress["losses"] += stats.losses
             progress["num_dropped"] += stats.num_dropped
@@ -157,6 +170,8 @@ def finetune_offline(cfg: OfflineConfig, model: ModelConfig, finetune: FinetuneC
                 log(f"checkpoint at step {step} of {progress['num_steps']} in {out / CHECKPOINT}")
                 raise Stopped(stop_signal)
 
+        # one engine call per step: a decay's horizon is the whole training's, not a call's
+        finetune = replace(finetune, schedule_steps=finetune.schedule_steps or progress["num_steps"])
         with stop_after_step() as stop:
             train(engine, examples, finetune, cfg.seed, cfg.progress and is_main, progress["step"],
                   lambda step, stats: after_step(step, stats, stop))
@@ -174,6 +189,9 @@ def finetune_offline(cfg: OfflineConfig, model: ModelConfig, finetune: FinetuneC
             (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
             for folder in (out / CHECKPOINT, out / f"{CHECKPOINT}.old"):  # the adapter supersedes them
                 shutil.rmtree(folder, ignore_errors=True)
+        if wandb_run is not None:
+            wandb_run.summary.update({"final_loss": manifest["final_loss"], "num_examples": len(examples)})
+            wandb_run.finish()
         log(f"{len(losses)} steps, loss {manifest['final_loss']}, adapter in {out}")
         return manifest
 

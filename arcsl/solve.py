@@ -170,7 +170,7 @@ def _solve(cfg: SolveConfig, prompt_format: PromptFormat, engine, started: float
     _print_start(cfg, len(tasks), out, engine, specs)
     with open_store(out / STORE, resume=cfg.run.resume, config=asdict(cfg)) as store:  # refuses a mixed resume
         (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
-        wandb_run = _start_wandb(cfg, out) if cfg.run.wandb else None
+        wandb_run = start_wandb(asdict(cfg), out, "solve") if cfg.run.wandb else None
         done = store.finished_task_ids() & {t.id for t in tasks}
         _write_outputs(out, tasks, store)  # a valid submission exists from the first second
         todo = [t for t in tasks if t.id not in done]
@@ -327,12 +327,13 @@ def _log_result(wandb_run, index: int, result: TaskResult) -> None:
                        **{f"time/{k}": sum(r.seconds[k] for r in result.rounds) for k in result.rounds[0].seconds}})
 
 
-def _start_wandb(cfg: SolveConfig, out: Path):
+def start_wandb(config: dict, out: Path, job_type: str):
+    """A Weights & Biases run in project arcsl (`arcsl solve` and `arcsl finetune --wandb`), or one clear error."""
     try:
         import wandb
     except ImportError:
         raise ValueError("--wandb needs the wandb package: pip install 'arcsl[wandb]'") from None
-    return wandb.init(project="arcsl", config=asdict(cfg), dir=str(out))
+    return wandb.init(project="arcsl", job_type=job_type, config=config, dir=str(out))
 
 
 def _load_tasks(cfg: DataConfig) -> list[Task]:

@@ -7,7 +7,7 @@ from tiny_lm import COMPLETION, PROMPT, one_thread, tiny_engine, tokenizer  # no
 
 from arcsl.config import FinetuneConfig, SamplingConfig
 from arcsl.engine import finetune
-from arcsl.engine.finetune import collate, completion_loss, micro_batches
+from arcsl.engine.finetune import collate, completion_loss, lr_factor, micro_batches
 from arcsl.prompting import code_end
 
 GREEDY = SamplingConfig(num_samples=1, temperature=0, max_new_tokens=60)
@@ -134,3 +134,20 @@ def test_a_micro_batch_out_of_memory_is_retried_with_checkpointing_from_its_leng
     assert engine.finetuner.checkpoint_from_tokens == long
     cfg.gradient_checkpointing = True
     assert stats.losses == pytest.approx(tiny_engine(tokenizer).finetune(examples, cfg).losses, rel=1e-5)
+
+
+def test_the_learning_rate_warms_up_then_stays_or_decays_linearly_or_by_a_cosine():
+    assert [lr_factor("constant", k, 2, 10) for k in range(4)] == pytest.approx([1 / 3, 2 / 3, 1, 1])
+    assert [lr_factor("linear", k, 0, 4) for k in range(5)] == pytest.approx([1, 0.75, 0.5, 0.25, 0])
+    assert [lr_factor("cosine", k, 0, 4) for k in (0, 2, 4, 9)] == pytest.approx([1, 0.5, 0, 0])
+    assert [lr_factor("linear", k, 2, 6) for k in (2, 4)] == pytest.approx([1, 0.5])  # decay after the warm-up
+
+
+def test_a_decaying_schedule_spans_the_call_or_schedule_steps(tokenizer):
+    engine = tiny_engine(tokenizer)
+    cfg = FinetuneConfig(learning_rate=1e-3, lr_schedule="linear", max_seq_len=256, max_tokens_per_micro_batch=256)
+    engine.finetune([(PROMPT, "ok")] * 4, cfg)  # steps 0-3 of a 4-step call: the last at a quarter
+    assert engine.finetuner.optimizers[0].param_groups[0]["lr"] == pytest.approx(2.5e-4)
+    cfg.schedule_steps = 8  # a longer training made of calls (arcsl finetune): steps 4-5 of 8
+    engine.finetune([(PROMPT, "ok")] * 2, cfg)
+    assert engine.finetuner.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-3 * 3 / 8)

@@ -1,8 +1,9 @@
 """LoRA fine-tuning on (prompt, completion) token sequences: a plain loop that lives as long as the engine.
 
 What is covered:
-- `Finetuner`: one AdamW (fused on GPU) per adapter over its LoRA parameters, created once; constant
-  learning rate after a linear warm-up counted from the adapter's last reset; gradient accumulation over
+- `Finetuner`: one AdamW (fused on GPU) per adapter over its LoRA parameters, created once; a linear
+  warm-up counted from the adapter's last reset, then a constant, linear or cosine learning rate
+  (`lr_factor`); gradient accumulation over
   micro-batches of up to a token budget, either length-sorted rows padded to their longest or (`packing`)
   examples packed into one row without padding; gradient clipping; optional gradient
   checkpointing; `reset(adapter)` copies the initial LoRA values back in place and drops that adapter's
@@ -25,11 +26,12 @@ What is covered:
   step's completion tokens, and one all-reduce sums the gradients (and the loss), so every process takes the
   step one process would have taken, up to the order of the float sums.
 
-What is not covered: learning-rate decay, training several
+What is not covered: training several
 adapters in one step (a call trains one; the caller makes it the model's active adapter), data parallelism
 in the per-task rounds (there tasks are sharded over the workers, not batches).
 """
 
+import math
 import random
 import time
 from collections.abc import Callable
@@ -73,6 +75,17 @@ def completion_loss(lm, input_ids: torch.Tensor, loss_mask: torch.Tensor,
     predicts = loss_mask[:, 1:]  # hidden state i predicts token i + 1
     logits = lm.get_output_embeddings()(hidden[:, :-1][predicts]).float()
     return F.cross_entropy(logits, input_ids[:, 1:][predicts], reduction="sum")
+
+
+def lr_factor(schedule: str, step: int, warmup_steps: int, horizon: int) -> float:
+    """The learning rate's multiplier at optimizer step `step` (0-based, since the adapter's reset): a linear
+    warm-up over `warmup_steps`, then 1 (constant) or a linear or cosine decay that would reach 0 at step
+    `horizon`."""
+    warmup = min(1.0, (step + 1) / (warmup_steps + 1))
+    if schedule == "constant":
+        return warmup
+    done = min(1.0, max(0.0, (step - warmup_steps) / max(1, horizon - warmup_steps)))
+    return warmup * (1.0 - done if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * done)))
 
 
 def micro_batches(seqs: list[Tokenized], max_tokens: int, packing: bool = False) -> list[list[Tokenized]]:
@@ -144,7 +157,8 @@ class Finetuner:
         self.grad_bytes = 4 * sum(p.numel() for p in params[0])  # one adapter's float32 gradients
         # built once: per-round trainer construction was the largest overhead of the slow implementation
         self.optimizers = [torch.optim.AdamW(ps, lr=1e-4, fused=self.device.type == "cuda") for ps in params]
-        self.num_steps = [0] * len(params)  # per adapter, optimizer steps since its last reset; drive the warm-up
+        self.num_steps = [0] * len(params)  # per adapter, optimizer steps since its last reset: warm-up and schedule
+        self.horizon = 0  # the step at which the running call's linear or cosine decay reaches 0
         # sticky, learnt from out-of-memory errors: micro-batches of at least this many padded tokens are
         # checkpointed (memory does not change between tasks, so neither does the limit)
         self.checkpoint_from_tokens: int | None = None
@@ -195,6 +209,7 @@ class Finetuner:
             torch.cuda.reset_peak_memory_stats(self.device)
         start, losses = time.perf_counter(), []
         num_planned = cfg.num_epochs * -(-len(kept) // cfg.examples_per_step)
+        self.horizon = cfg.schedule_steps or self.num_steps[adapter] + num_planned  # where a decay reaches 0
         try:
             for _ in range(cfg.num_epochs):
                 order = rng.sample(kept, len(kept))
@@ -265,9 +280,9 @@ class Finetuner:
         if cfg.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.params[adapter], cfg.max_grad_norm)
         optimizer = self.optimizers[adapter]
-        warmup = min(1.0, (self.num_steps[adapter] + 1) / (cfg.warmup_steps + 1))
+        factor = lr_factor(cfg.lr_schedule, self.num_steps[adapter], cfg.warmup_steps, self.horizon)
         for group in optimizer.param_groups:
-            group["lr"], group["weight_decay"] = cfg.learning_rate * warmup, cfg.weight_decay
+            group["lr"], group["weight_decay"] = cfg.learning_rate * factor, cfg.weight_decay
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         self.num_steps[adapter] += 1
