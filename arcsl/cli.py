@@ -84,8 +84,8 @@ def config_from_args(cls: type, args: argparse.Namespace, **overrides):
 def add_solve_args(parser: argparse.ArgumentParser, preset: SolveConfig) -> None:
     """The flags of `arcsl solve` and `arcsl demo`, with `preset`'s values as their defaults."""
     for group in dataclasses.fields(preset):
-        # the loop sets samples per prompt (samples_per_view), and the engine gets one adapter per task in
-        # flight: one flag for each, not two
+        # the loop sets samples per prompt (samples_per_view), and the engine gets one adapter per task (or
+        # task group) in flight: one flag for each, not two
         add_config_args(parser, type(getattr(preset, group.name)), skip=("num_samples", "num_adapters"),
                         defaults=getattr(preset, group.name), choices={"prompt_format": list(catalog.PROMPT_FORMATS)})
 

@@ -151,7 +151,8 @@ LR_SCHEDULES = ("constant", "linear", "cosine")
 
 @dataclass(slots=True)
 class FinetuneConfig:
-    learning_rate: float = field(default=1e-4, metadata={"help": "AdamW learning rate (constant after warm-up)"})
+    learning_rate: float = field(default=1e-4, metadata={
+        "help": "AdamW learning rate (after the warm-up; then as --lr-schedule says)"})
     weight_decay: float = field(default=0.0, metadata={"help": "AdamW weight decay"})
     warmup_steps: int = field(default=0, metadata={
         "help": "optimizer steps of linear warm-up, counted from the last reset (not per call)"})
@@ -185,8 +186,9 @@ class FinetuneConfig:
                              f"{self.weight_decay}, {self.warmup_steps}, {self.max_grad_norm}")
         if self.lr_schedule not in LR_SCHEDULES:
             raise ValueError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}; got {self.lr_schedule!r}")
-        if self.schedule_steps < 0:
-            raise ValueError(f"schedule_steps must be >= 0 (0 = each call's steps), got {self.schedule_steps}")
+        if self.schedule_steps < 0 or 0 < self.schedule_steps <= self.warmup_steps:
+            raise ValueError(f"schedule_steps must be 0 (each call's steps) or more than warmup_steps "
+                             f"({self.warmup_steps}), got {self.schedule_steps}")
         if self.num_epochs < 1 or self.examples_per_step < 1:
             raise ValueError(f"num_epochs and examples_per_step must be >= 1; got {self.num_epochs}, {self.examples_per_step}")
         if self.max_seq_len < 2 or self.max_tokens_per_micro_batch < self.max_seq_len:

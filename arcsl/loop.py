@@ -32,8 +32,8 @@ are split equally among them, so the tasks' timings still add up to the round's 
 only used through its protocol (sample / finetune / reset), so a fake engine drives the same code in
 tests, and the toy domain reuses it unchanged with its own prompt format and DSL.
 
-Each task draws its views, their sampling seeds and its fine-tuning seeds from its own random generator
-(seeded by the run seed and the task id), and the engine draws each prompt's samples from that prompt's
+Each task draws its views, their sampling seeds and its fine-tuning seeds (a group's: its first task's)
+from its own random generator (seeded by the run seed and the task id), and the engine draws each prompt's samples from that prompt's
 seed alone, so a task's attempts do not depend on which tasks share its rounds, on a CPU exactly (with task
 groups they do depend on its group's tasks, which learn in its adapter).
 
@@ -388,8 +388,8 @@ def run_round(runs: list[TaskRun], engine: Engine, pool: SandboxPool,
     adapter; then one search for all of them. Adds each one's new attempts and stats to its run and returns them.
 
     `learn_until` and `sample_until` (time.monotonic(); None: no limit): when the round's fine-tuning and its
-    sampling must be over. The learning adapters share the time until `learn_until` in equal slots, in turn;
-    the sampling keeps what has finished by `sample_until`.
+    sampling must be over. The learning adapters share the time until `learn_until` in turn, in slots in
+    proportion to their tasks; the sampling keeps what has finished by `sample_until`.
 
     Shared phases and the round's "other" are split equally among the tasks (`shared_phase`,
     `finish_timers`), so their RoundStats add up to the round's wall time.
@@ -401,13 +401,13 @@ def run_round(runs: list[TaskRun], engine: Engine, pool: SandboxPool,
 
     timers = [PhaseTimer(on_start=announcer(run)) for run in runs]
     groups = adapter_groups(runs)
-    num_learning, start = sum(runs[g[0]].round > 0 for g in groups), time.monotonic()
-    num_examples, slot = [0] * len(runs), 0
+    num_learning, start = sum(len(g) for g in groups if runs[g[0]].round > 0), time.monotonic()
+    num_examples, done = [0] * len(runs), 0
     for group in groups:
         stop_at = None
         if learn_until is not None and runs[group[0]].round > 0:
-            slot += 1
-            stop_at = start + (learn_until - start) * slot / num_learning
+            done += len(group)  # a slot in proportion to the group's tasks
+            stop_at = start + (learn_until - start) * done / num_learning
         for i, n in zip(group, learn([runs[i] for i in group], engine, [timers[i] for i in group], stop_at)):
             num_examples[i] = n
     new = search(runs, engine, pool, timers, sample_until)

@@ -154,8 +154,8 @@ def finetune_offline(cfg: OfflineConfig, model: ModelConfig, finetune: FinetuneC
 
         def after_step(step: int, stats, stop: list[int]) -> None:
             if wandb_run is not None and stats.losses:
-                wandb_run.log({"step": step, "loss": stats.losses[-1], "tokens_per_s": stats.tokens_per_s,
-                               "learning_rate": engine.finetuner.optimizers[0].param_groups[0]["lr"]})
+                wandb_run.log({"loss": stats.losses[-1], "tokens_per_s": stats.tokens_per_s,
+                               "learning_rate": engine.finetuner.optimizers[0].param_groups[0]["lr"]}, step=step)
             progress["step"] = step
             progress["losses"] += stats.losses
             progress["num_dropped"] += stats.num_dropped
@@ -172,9 +172,14 @@ def finetune_offline(cfg: OfflineConfig, model: ModelConfig, finetune: FinetuneC
 
         # one engine call per step: a decay's horizon is the whole training's, not a call's
         finetune = replace(finetune, schedule_steps=finetune.schedule_steps or progress["num_steps"])
-        with stop_after_step() as stop:
-            train(engine, examples, finetune, cfg.seed, cfg.progress and is_main, progress["step"],
-                  lambda step, stats: after_step(step, stats, stop))
+        try:
+            with stop_after_step() as stop:
+                train(engine, examples, finetune, cfg.seed, cfg.progress and is_main, progress["step"],
+                      lambda step, stats: after_step(step, stats, stop))
+        except BaseException:  # stopped (a checkpoint was written) or failed: the wandb run ends with it
+            if wandb_run is not None:
+                wandb_run.finish()
+            raise
         losses = progress["losses"]
         if not losses:
             raise ValueError(f"--max-seq-len {finetune.max_seq_len}: no example fits; nothing was trained")

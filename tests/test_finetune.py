@@ -141,6 +141,7 @@ def test_the_learning_rate_warms_up_then_stays_or_decays_linearly_or_by_a_cosine
     assert [lr_factor("linear", k, 0, 4) for k in range(5)] == pytest.approx([1, 0.75, 0.5, 0.25, 0])
     assert [lr_factor("cosine", k, 0, 4) for k in (0, 2, 4, 9)] == pytest.approx([1, 0.5, 0, 0])
     assert [lr_factor("linear", k, 2, 6) for k in (2, 4)] == pytest.approx([1, 0.5])  # decay after the warm-up
+    assert [lr_factor("linear", k, 0, 8, start=4) for k in (4, 6)] == pytest.approx([1, 0.5])  # a later call's
 
 
 def test_a_decaying_schedule_spans_the_call_or_schedule_steps(tokenizer):
@@ -148,6 +149,8 @@ def test_a_decaying_schedule_spans_the_call_or_schedule_steps(tokenizer):
     cfg = FinetuneConfig(learning_rate=1e-3, lr_schedule="linear", max_seq_len=256, max_tokens_per_micro_batch=256)
     engine.finetune([(PROMPT, "ok")] * 4, cfg)  # steps 0-3 of a 4-step call: the last at a quarter
     assert engine.finetuner.optimizers[0].param_groups[0]["lr"] == pytest.approx(2.5e-4)
-    cfg.schedule_steps = 8  # a longer training made of calls (arcsl finetune): steps 4-5 of 8
+    engine.finetune([(PROMPT, "ok")] * 2, cfg)  # the next call (a round) decays again, over its own 2 steps
+    assert engine.finetuner.optimizers[0].param_groups[0]["lr"] == pytest.approx(5e-4)
+    cfg.schedule_steps = 8  # a longer training made of calls (arcsl finetune): steps 6-7 of 8
     engine.finetune([(PROMPT, "ok")] * 2, cfg)
-    assert engine.finetuner.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-3 * 3 / 8)
+    assert engine.finetuner.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-3 / 8)

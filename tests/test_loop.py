@@ -361,6 +361,23 @@ def test_a_task_group_hands_its_adapter_on_only_when_all_its_tasks_have_stopped(
         drive([tasks["c59eb873"]], engine, pool, settings(task_group_size=2), tasks_in_flight=3)
 
 
+def test_near_a_deadline_each_adapter_learns_in_a_slot_in_proportion_to_its_tasks(tasks, pool, clock):
+    from arcsl.loop import run_round, start_run
+
+    engine = ScriptedEngine({3: [IDENTITY, CRASH], 4: [IDENTITY, CRASH]}, clock=clock, num_adapters=2)
+    stops = []
+    finetune = engine.finetune
+    engine.finetune = lambda examples, cfg, seed, adapter, stop_at: stops.append(stop_at) or finetune(
+        examples, cfg, seed, adapter, stop_at)
+    group = settings(max_rounds=1, task_group_size=2)
+    third = dataclasses.replace(tasks["c59eb873"], id="c59eb873-copy")
+    runs = [start_run(tasks["c59eb873"], group, 0), start_run(third, group, 0), start_run(tasks["3c9b0459"], group, 1)]
+    run_round(runs, engine, pool)
+    start = clock.now
+    run_round(runs, engine, pool, learn_until=start + 30.0)
+    assert stops == [start + 20.0, start + 30.0]  # 2 tasks' worth, then 1 task's
+
+
 def test_tasks_searched_together_must_share_their_settings(tasks, pool):
     from arcsl.loop import run_round, start_run
 

@@ -70,13 +70,15 @@ def test_finetune_writes_an_adapter_and_its_manifest_and_solve_starts_from_it(se
 
 def test_wandb_logs_each_step_and_a_linear_schedule_decays_over_the_whole_training(searched, tmp_path, monkeypatch):
     logged, summary, started = [], {}, []
-    run = types.SimpleNamespace(log=logged.append, summary=summary, finish=lambda: logged.append("finished"))
+    run = types.SimpleNamespace(log=lambda entry, step: logged.append((entry, step)), summary=summary,
+                                finish=lambda: logged.append("finished"))
     monkeypatch.setitem(sys.modules, "wandb", types.SimpleNamespace(init=lambda **kw: started.append(kw) or run))
     assert main(["finetune", "--from-run", str(searched), "--output-dir", str(tmp_path / "a"), "--examples-per-task",
                  "2", "--learning-rate", "1e-3", "--lr-schedule", "linear", "--max-seq-len", "2048",
                  "--max-tokens-per-micro-batch", "2048", "--wandb", "--no-progress", *TOY]) == 0
     steps, done = logged[:-1], logged[-1]
-    assert [e["step"] for e in steps] == [1, 2, 3, 4] and done == "finished"  # 4 examples, one a step
+    assert [step for _, step in steps] == [1, 2, 3, 4] and done == "finished"  # 4 examples, one a step
+    steps = [entry for entry, _ in steps]
     assert [e["learning_rate"] for e in steps] == pytest.approx([1e-3, 7.5e-4, 5e-4, 2.5e-4])  # one call a step
     assert summary["final_loss"] == steps[-1]["loss"] and started[0]["job_type"] == "finetune"
     monkeypatch.setitem(sys.modules, "wandb", None)  # not installed: one line, before the model loads

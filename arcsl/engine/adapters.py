@@ -1,6 +1,6 @@
 """Which values each LoRA adapter holds, as a version number, so that no cache can serve stale weights.
 
-An engine holds several adapters (one per task in flight). Whatever keeps something derived from an
+An engine holds several adapters (one per task, or task group, in flight). Whatever keeps something derived from an
 adapter's values between calls (the sampler's stacked or merged factors, a block of the mixed factors)
 keys it by the adapter's version, never by the adapter's number: a version names one set of values.
 

@@ -32,10 +32,11 @@ attention, vLLM's) each want their own cache layout (paged tables, their own KV 
 that change with the step; arcsl keeps a dense per-prompt cache plus a static per-row step cache and replays
 one graph across steps, and a prompt shared by 128+ rows is best read once as a matrix product.
 
-Not covered: head_dim > 128, other dtypes, sliding windows, ALiBi or soft-capping, GPUs older than
-compute capability 8.0 for bf16; `supported` says no and the decoder runs its PyTorch path (which is also
-the CPU path and the reference the tests compare against). Setting ARCSL_ATTENTION=torch in the environment
-turns the kernels off (for A/B measurements).
+Not covered: head_dim > 128, other dtypes, GPUs older than compute capability 8.0 for bf16 (`supported`
+says no and the decoder runs its PyTorch path); sliding windows, ALiBi or soft-capping (models with them do
+not reach the fast path at all: `DecodeWeights.unsupported`). The PyTorch path is also the CPU path and
+the reference the tests compare against. Setting ARCSL_ATTENTION=torch in the environment turns the kernels
+off (for A/B measurements).
 """
 
 import functools

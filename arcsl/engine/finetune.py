@@ -12,6 +12,8 @@ What is covered:
   measured once by a probe) is set against what the GPU has available; it is checkpointed only if it would
   not fit plain, and the sampler's kept memory is released first if even that would not fit. Short
   sequences keep training at full speed, long ones fit, and a capped GPU needs no out-of-memory retry.
+  The activation model is measured on plain causal rows: a packed micro-batch under SDPA (a dense block
+  mask) takes more, and may need the out-of-memory backstop below.
 - out of memory (the backstop): the step is retried with gradient checkpointing for micro-batches as long as
   the one that failed (and longer ones, from then on), then once more after the sampler's kept memory is
   released.
@@ -77,14 +79,15 @@ def completion_loss(lm, input_ids: torch.Tensor, loss_mask: torch.Tensor,
     return F.cross_entropy(logits, input_ids[:, 1:][predicts], reduction="sum")
 
 
-def lr_factor(schedule: str, step: int, warmup_steps: int, horizon: int) -> float:
+def lr_factor(schedule: str, step: int, warmup_steps: int, horizon: int, start: int = 0) -> float:
     """The learning rate's multiplier at optimizer step `step` (0-based, since the adapter's reset): a linear
-    warm-up over `warmup_steps`, then 1 (constant) or a linear or cosine decay that would reach 0 at step
-    `horizon`."""
+    warm-up over `warmup_steps`, then 1 (constant) or a linear or cosine decay from step `start` (or the
+    warm-up's end, if later) that would reach 0 at step `horizon`."""
     warmup = min(1.0, (step + 1) / (warmup_steps + 1))
     if schedule == "constant":
         return warmup
-    done = min(1.0, max(0.0, (step - warmup_steps) / max(1, horizon - warmup_steps)))
+    begin = max(start, warmup_steps)
+    done = min(1.0, max(0.0, (step - begin) / max(1, horizon - begin)))
     return warmup * (1.0 - done if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * done)))
 
 
@@ -158,12 +161,12 @@ class Finetuner:
         # built once: per-round trainer construction was the largest overhead of the slow implementation
         self.optimizers = [torch.optim.AdamW(ps, lr=1e-4, fused=self.device.type == "cuda") for ps in params]
         self.num_steps = [0] * len(params)  # per adapter, optimizer steps since its last reset: warm-up and schedule
-        self.horizon = 0  # the step at which the running call's linear or cosine decay reaches 0
-        # sticky, learnt from out-of-memory errors: micro-batches of at least this many padded tokens are
+        self.decay = (0, 0)  # (start, end): the steps over which the running call's linear or cosine decay runs
+        # sticky, learnt from out-of-memory errors: micro-batches of at least this many tokens (padding included) are
         # checkpointed (memory does not change between tasks, so neither does the limit)
         self.checkpoint_from_tokens: int | None = None
         self.counts = {"checkpointed": 0, "oom_retries": 0}
-        self.micro_batch: tuple[int, bool] = (0, False)  # (padded tokens, checkpointed) of the one running
+        self.micro_batch: tuple[int, bool] = (0, False)  # (tokens with padding, checkpointed) of the one running
         self.data_parallel: DataParallel | None = None  # set when several processes train this LoRA together
         for adapter in range(1, len(params)):
             self.reset(adapter)
@@ -209,7 +212,9 @@ class Finetuner:
             torch.cuda.reset_peak_memory_stats(self.device)
         start, losses = time.perf_counter(), []
         num_planned = cfg.num_epochs * -(-len(kept) // cfg.examples_per_step)
-        self.horizon = cfg.schedule_steps or self.num_steps[adapter] + num_planned  # where a decay reaches 0
+        # a decay over schedule_steps from the reset (a training made of calls), or over this call's steps
+        first = self.num_steps[adapter]
+        self.decay = (0, cfg.schedule_steps) if cfg.schedule_steps else (first, first + num_planned)
         try:
             for _ in range(cfg.num_epochs):
                 order = rng.sample(kept, len(kept))
@@ -250,7 +255,7 @@ class Finetuner:
             elif self.release_memory is not None and not self.released:
                 self._release()
             else:
-                raise torch.OutOfMemoryError(f"out of memory on a micro-batch of {tokens} padded tokens, with "
+                raise torch.OutOfMemoryError(f"out of memory on a micro-batch of {tokens} tokens, with "
                                              "gradient checkpointing and the sampler's memory released")
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -280,7 +285,8 @@ class Finetuner:
         if cfg.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.params[adapter], cfg.max_grad_norm)
         optimizer = self.optimizers[adapter]
-        factor = lr_factor(cfg.lr_schedule, self.num_steps[adapter], cfg.warmup_steps, self.horizon)
+        start, end = self.decay
+        factor = lr_factor(cfg.lr_schedule, self.num_steps[adapter], cfg.warmup_steps, end, start)
         for group in optimizer.param_groups:
             group["lr"], group["weight_decay"] = cfg.learning_rate * factor, cfg.weight_decay
         optimizer.step()

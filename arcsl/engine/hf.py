@@ -16,7 +16,7 @@ milliseconds. The parts, each readable and tested alone:
 
 What is covered: `load_engine` (hub id or local path; bf16 on GPU, fp32 on CPU; optional 4-bit base
 weights on GPU); sampling in planned batches, the row cap halved on out-of-memory and the batch
-retried; several adapters (`ModelConfig.num_adapters`, one per task searched together), each fine-tuned,
+retried; several adapters (`ModelConfig.num_adapters`, one per task or task group searched together), each fine-tuned,
 reset, saved and loaded on its own, and one `sample` call decoding prompts of different adapters in one
 batch; adapters saved and loaded as peft safetensors; a saved adapter as every adapter's starting point
 (`ModelConfig.adapter`: reset returns to it), or merged into the base weights (`merge_adapter`); each sample

@@ -96,7 +96,7 @@ class Engine(Protocol):
     """What the search loop needs from a model; an engine over vLLM or a toy model can implement it.
 
     An engine holds one or more LoRA adapters, numbered from 0, all starting from the same values; each is
-    trained and reset on its own (one per task, when several tasks are searched together).
+    trained and reset on its own (one per task or task group, when several are searched together).
     """
     num_adapters: int
 
