@@ -8,8 +8,8 @@
 A round (`run_round`) advances several tasks in lockstep, each learning in its own LoRA adapter of the
 engine, or with `task_group_size` K > 1 in its group's: K tasks that start together share one adapter, which
 each round fine-tunes once on all of their relabelled attempts (one call, fuller micro-batches, K times fewer
-adapters), and a task that stops leaves its group. Each adapter fine-tunes in turn, then ONE sampling call decodes every task's prompts
-(each through its own adapter) and ONE sandbox batch runs every program, each as soon as its sample has
+adapters), and a task that stops leaves its group. Each adapter fine-tunes in turn, then ONE sampling call
+decodes every task's prompts (each through its own adapter) and ONE sandbox batch runs every program, each as soon as its sample has
 stopped (the engine's `on_complete`), the sandbox being serviced while the engine waits for its device
 (`idle`). A program runs once per view: samples of one view with the same program share its result. A
 decode step costs about the same for many rows as for few, so several tasks' rounds cost little more than
@@ -17,8 +17,8 @@ one's. A round returns what happened (each task's new attempts and `RoundStats`)
 
 One driver, `run_tasks`, the body of every worker, decides the rest: it takes tasks from a `TaskSource`
 (the run's scheduler, which says which task comes next and whether it may learn or gets search only, and
-by when a round must end), gives each group of tasks an adapter, and after each round decides which tasks stop (solved,
-out of rounds, out of their own time, or out of the time owed to later tasks). It yields what happened
+by when a round must end), gives each group of tasks an adapter, and after each round decides which tasks
+stop (solved, out of rounds, out of their own time, or out of the time owed to later tasks). It yields what happened
 (`TaskStarted`, `RoundDone`, `TaskDone`, `TaskFailed`) and writes nothing: `arcsl solve` consumes the
 events into its results store and submission, and `search_and_learn` is the same driver on one task. The
 only callback, `on_phase`, is for display.
@@ -33,9 +33,9 @@ only used through its protocol (sample / finetune / reset), so a fake engine dri
 tests, and the toy domain reuses it unchanged with its own prompt format and DSL.
 
 Each task draws its views, their sampling seeds and its fine-tuning seeds (a group's: its first task's)
-from its own random generator (seeded by the run seed and the task id), and the engine draws each prompt's samples from that prompt's
-seed alone, so a task's attempts do not depend on which tasks share its rounds, on a CPU exactly (with task
-groups they do depend on its group's tasks, which learn in its adapter).
+from its own random generator (seeded by the run seed and the task id), and the engine draws each prompt's
+samples from that prompt's seed alone, so a task's attempts do not depend on which tasks share its rounds,
+on a CPU exactly (with task groups they do depend on its group's tasks, which learn in its adapter).
 
 The round deadline holds with any number of tasks in flight: a round does not start if its estimate (the
 last round's search, plus each task's learning as seen so far: `RoundCosts`) would end past it, and in a
@@ -402,12 +402,12 @@ def run_round(runs: list[TaskRun], engine: Engine, pool: SandboxPool,
     timers = [PhaseTimer(on_start=announcer(run)) for run in runs]
     groups = adapter_groups(runs)
     num_learning, start = sum(len(g) for g in groups if runs[g[0]].round > 0), time.monotonic()
-    num_examples, done = [0] * len(runs), 0
+    num_examples, slots_used = [0] * len(runs), 0
     for group in groups:
         stop_at = None
         if learn_until is not None and runs[group[0]].round > 0:
-            done += len(group)  # a slot in proportion to the group's tasks
-            stop_at = start + (learn_until - start) * done / num_learning
+            slots_used += len(group)  # a slot in proportion to the group's tasks
+            stop_at = start + (learn_until - start) * slots_used / num_learning
         for i, n in zip(group, learn([runs[i] for i in group], engine, [timers[i] for i in group], stop_at)):
             num_examples[i] = n
     new = search(runs, engine, pool, timers, sample_until)
@@ -525,8 +525,9 @@ def run_tasks(source: TaskSource, engine: Engine, pool: SandboxPool, settings: L
     costs = RoundCosts()
     while True:
         while len(runs) < tasks_in_flight and (free := set(adapters) - {r.adapter for r in runs}):  # fill free adapters
-            group = []
-            while len(group) < group_size and len(runs) < tasks_in_flight and (handed := source.next_task()) is not None:
+            group = []  # up to group_size new tasks in the lowest free adapter
+            while (len(group) < group_size and len(runs) < tasks_in_flight
+                   and (handed := source.next_task()) is not None):
                 task, max_rounds = handed
                 group.append(start_run(task, settings, min(free), max_rounds))
                 runs.append(group[-1])

@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from arcsl.config import DataConfig, FinetuneConfig, ModelConfig, OfflineConfig, RelabelConfig
-from arcsl.engine.finetune import DataParallel
+from arcsl.engine.finetune import DataParallel, num_steps
 from arcsl.grids import Task, load_dataset
 from arcsl.prompting import PromptFormat
 from arcsl.relabel import training_examples, training_set
@@ -233,10 +233,6 @@ def agreed_stop(stop: list[int], parallel: DataParallel | None) -> int | None:
     flag = torch.tensor([stop[0] if stop else 0], device="cuda" if dist.get_backend() == "nccl" else "cpu")
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)
     return int(flag) or None
-
-
-def num_steps(num_examples: int, cfg: FinetuneConfig) -> int:
-    return cfg.num_epochs * -(-num_examples // cfg.examples_per_step)
 
 
 def examples_digest(examples: list[tuple]) -> str:

@@ -6,8 +6,8 @@ biases on linear layers (Qwen2's q/k/v; Llama's optional attention and MLP biase
 queries and keys before the rotary embedding (Qwen3), and a head size that is not hidden / heads (Qwen3,
 some Mistrals). Tied embeddings need nothing (the head is the model's own output layer).
 
-`DecodeWeights` stores q/k/v and gate/up weights (and biases) fused (the model's own layers become views of them, so
-this costs no memory). A call that samples with one adapter keeps its LoRA either as stacked factors
+`DecodeWeights` stores q/k/v and gate/up weights (and biases) fused (the model's own layers become views of
+them, so this costs no memory). A call that samples with one adapter keeps its LoRA either as stacked factors
 refreshed in place before sampling, or merged into the base weights while sampling and then restored
 exactly from a copy made once (pinned host memory on a GPU; the copy back runs asynchronously, overlapped
 with whatever the caller does next). A call that mixes adapters keeps every adapter's stacked factors side

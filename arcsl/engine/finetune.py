@@ -91,6 +91,11 @@ def lr_factor(schedule: str, step: int, warmup_steps: int, horizon: int, start: 
     return warmup * (1.0 - done if schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * done)))
 
 
+def num_steps(num_examples: int, cfg: FinetuneConfig) -> int:
+    """The optimizer steps `cfg.num_epochs` epochs over `num_examples` examples take."""
+    return cfg.num_epochs * -(-num_examples // cfg.examples_per_step)
+
+
 def micro_batches(seqs: list[Tokenized], max_tokens: int, packing: bool = False) -> list[list[Tokenized]]:
     """Longest first; each micro-batch holds as many as fit in `max_tokens` padded tokens, or with `packing`
     in `max_tokens` tokens (first fit: each example goes to the first micro-batch it fits in)."""
@@ -100,7 +105,8 @@ def micro_batches(seqs: list[Tokenized], max_tokens: int, packing: bool = False)
         if packing:
             fit = next((i for i, size in enumerate(sizes) if size + len(seq[0]) <= max_tokens), None)
         else:
-            fit = len(batches) - 1 if batches and (len(batches[-1]) + 1) * len(batches[-1][0][0]) <= max_tokens else None
+            grows = batches and (len(batches[-1]) + 1) * len(batches[-1][0][0]) <= max_tokens  # padded to the first
+            fit = len(batches) - 1 if grows else None
         if fit is None:
             batches.append([seq])
             sizes.append(len(seq[0]))
@@ -211,7 +217,7 @@ class Finetuner:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
         start, losses = time.perf_counter(), []
-        num_planned = cfg.num_epochs * -(-len(kept) // cfg.examples_per_step)
+        num_planned = num_steps(len(kept), cfg)
         # a decay over schedule_steps from the reset (a training made of calls), or over this call's steps
         first = self.num_steps[adapter]
         self.decay = (0, cfg.schedule_steps) if cfg.schedule_steps else (first, first + num_planned)

@@ -14,13 +14,13 @@ milliseconds. The parts, each readable and tested alone:
     sampler.py         the decoders and the decode loop
     finetune.py        Finetuner: the LoRA training loop, one optimizer per adapter
 
-What is covered: `load_engine` (hub id or local path; bf16 on GPU, fp32 on CPU; optional 4-bit base
-weights on GPU); sampling in planned batches, the row cap halved on out-of-memory and the batch
-retried; several adapters (`ModelConfig.num_adapters`, one per task or task group searched together), each fine-tuned,
-reset, saved and loaded on its own, and one `sample` call decoding prompts of different adapters in one
-batch; adapters saved and loaded as peft safetensors; a saved adapter as every adapter's starting point
-(`ModelConfig.adapter`: reset returns to it), or merged into the base weights (`merge_adapter`); each sample
-streamed to the caller as it stops (`on_complete`), and the host's waits for the GPU lent to it (`idle`).
+What is covered: `load_engine` (hub id or local path; bf16 on GPU, fp32 on CPU; optional 4-bit base weights on
+GPU); sampling in planned batches, the row cap halved on out-of-memory and the batch retried; several adapters
+(`ModelConfig.num_adapters`, one per task or task group searched together), each fine-tuned, reset, saved and
+loaded on its own, and one `sample` call decoding prompts of different adapters in one batch; adapters saved
+and loaded as peft safetensors; a saved adapter as every adapter's starting point (`ModelConfig.adapter`:
+reset returns to it), or merged into the base weights (`merge_adapter`); each sample streamed to the caller as
+it stops (`on_complete`), and the host's waits for the GPU lent to it (`idle`).
 
 What is not covered: training several adapters in one step, multi-GPU models. DoRA, LoRA biases and 4-bit
 base weights sample through the model's own forward (`CacheDecoder`), which is slower.

@@ -67,7 +67,6 @@ def demo_tasks() -> list[ToyTask]:
                 [Call("line", (r, 0, 9, 9 - r, 5)) for r in range(2, 10, 2)]
     frames = [Call("border", (0, 0, 9, 9, 1)), Call("border", (2, 2, 7, 7, 2)), Call("rect", (4, 4, 5, 5, 3))] + \
              [Call("pixel", (r, c, 4)) for r, c in ((1, 1), (1, 8), (8, 1), (8, 8), (3, 3))]
-    random_cfg = TaskConfig(min_side=10, max_side=10, max_shape_side=4, noise_probability=1.0, max_noise_density=0.3)
     # noisy canvases: a program cannot fake a pattern by carving a large rectangle with background
     # lines (exact on plain train canvases, wrong on a test canvas of another colour)
     tasks = [
@@ -78,9 +77,16 @@ def demo_tasks() -> list[ToyTask]:
         make_task("diagonals-9", _canvases([0, 0, 2], noise=0.25, seed=4), diagonals, 2),
         make_task("frames-8", _canvases([0, 0, 0], noise=0.3, seed=5), frames, 2),
     ]
-    for num_calls in (8, 12):
-        generated = generate_tasks(seed=11, num_tasks=1, num_calls=num_calls, cfg=random_cfg)[0]
-        tasks.append(replace(generated, task=replace(generated.task, id=f"random-{num_calls}")))
+    return tasks + random_tasks(seed=11, calls=(8, 12))
+
+
+def random_tasks(seed: int, calls: tuple[int, ...], suffix: str = "") -> list[ToyTask]:
+    """One random program per number of `calls` on a noisy 10 x 10 canvas, named random-<calls><suffix>."""
+    cfg = TaskConfig(min_side=10, max_side=10, max_shape_side=4, noise_probability=1.0, max_noise_density=0.3)
+    tasks = []
+    for num_calls in calls:
+        generated = generate_tasks(seed=seed, num_tasks=1, num_calls=num_calls, cfg=cfg)[0]
+        tasks.append(replace(generated, task=replace(generated.task, id=f"random-{num_calls}{suffix}")))
     return tasks
 
 

@@ -32,9 +32,8 @@ from pathlib import Path
 
 from arcsl.config import DataConfig, OfflineConfig, SolveConfig
 from arcsl.grids import task_to_json
-from arcsl.toy.config import TaskConfig
-from arcsl.toy.demo import _arm_results, _canvases, _lattice, _square_grid, compare, demo_config
-from arcsl.toy.tasks import Call, ToyTask, generate_tasks, make_task
+from arcsl.toy.demo import _arm_results, _canvases, _lattice, _square_grid, compare, demo_config, random_tasks
+from arcsl.toy.tasks import Call, ToyTask, make_task
 
 HALF = 64  # programs per task of each offline search
 
@@ -46,18 +45,13 @@ def transfer_tasks() -> list[ToyTask]:
     columns = [Call("line", (1, c, 8, c, 2 + c % 2)) for c in range(1, 9)]  # vertical, other colours
     frames = [Call("border", (1, 1, 8, 8, 6)), Call("border", (3, 3, 6, 6, 7))] + \
              [Call("pixel", (r, c, 8)) for r, c in ((0, 0), (0, 9), (9, 0), (9, 9), (4, 4), (5, 5))]
-    random_cfg = TaskConfig(min_side=10, max_side=10, max_shape_side=4, noise_probability=1.0, max_noise_density=0.3)
-    tasks = [
+    return [
         make_task("squares-9b", _canvases([0, 0, 5], noise=0.25, seed=20), _square_grid(3, 2, 0, 4, 1), 2),
         make_task("pixels-16b", _canvases([0, 2, 0], noise=0.25, seed=21), _lattice(4, 0, 3, 7), 2),
         make_task("pixels-9b", _canvases([0, 0, 4], noise=0.2, seed=22), _lattice(3, 2, 3, 6), 2),
         make_task("columns-8", _canvases([0, 5, 0], noise=0.3, seed=23), columns, 2),
         make_task("frames-8b", _canvases([0, 0, 0], noise=0.3, seed=24), frames, 2),
-    ]
-    for num_calls in (8, 10, 12):
-        generated = generate_tasks(seed=23, num_tasks=1, num_calls=num_calls, cfg=random_cfg)[0]
-        tasks.append(replace(generated, task=replace(generated.task, id=f"random-{num_calls}b")))
-    return tasks
+    ] + random_tasks(seed=23, calls=(8, 10, 12), suffix="b")
 
 
 def run_transfer(seed: int, out: Path, tasks_file: Path) -> dict[str, list[str]]:
