@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import get_args, get_origin, get_type_hints
 
 from arcsl import catalog
-from arcsl.config import (SELECT_RULES, DataConfig, FinetuneConfig, ModelConfig, OfflineConfig, RelabelConfig,
-                          SolveConfig)
+from arcsl.config import (LR_SCHEDULES, SELECT_RULES, TRAINING_KERNELS, DataConfig, FinetuneConfig, ModelConfig,
+                          OfflineConfig, RelabelConfig, SolveConfig)
 from arcsl.toy.demo import demo_config
 
 
@@ -81,13 +81,18 @@ def config_from_args(cls: type, args: argparse.Namespace, **overrides):
     return cls(**(values | overrides))
 
 
+# flags whose values are a fixed set (argparse lists them in --help and names the flag on a bad value)
+CHOICES = {"prompt_format": list(catalog.PROMPT_FORMATS), "training_kernels": list(TRAINING_KERNELS),
+           "lr_schedule": list(LR_SCHEDULES)}
+
+
 def add_solve_args(parser: argparse.ArgumentParser, preset: SolveConfig) -> None:
     """The flags of `arcsl solve` and `arcsl demo`, with `preset`'s values as their defaults."""
     for group in dataclasses.fields(preset):
         # the loop sets samples per prompt (samples_per_view), and the engine gets one adapter per task (or
         # task group) in flight: one flag for each, not two
         add_config_args(parser, type(getattr(preset, group.name)), skip=("num_samples", "num_adapters"),
-                        defaults=getattr(preset, group.name), choices={"prompt_format": list(catalog.PROMPT_FORMATS)})
+                        defaults=getattr(preset, group.name), choices=CHOICES)
 
 
 def solve_config(args: argparse.Namespace) -> SolveConfig:
@@ -116,8 +121,8 @@ def make_parser() -> argparse.ArgumentParser:
     learn = sub.add_parser("finetune", help="learn across tasks: one LoRA on the hindsight-relabelled attempts of "
                                             "earlier runs (arcsl solve --adapter then starts from it)")
     add_config_args(learn, OfflineConfig, choices={"select": list(SELECT_RULES)})
-    add_config_args(learn, ModelConfig, skip=("num_adapters",))
-    add_config_args(learn, FinetuneConfig)
+    add_config_args(learn, ModelConfig, skip=("num_adapters",), choices=CHOICES)
+    add_config_args(learn, FinetuneConfig, choices=CHOICES)
     add_config_args(learn, RelabelConfig, skip=("relabel_rounds", "skip_trained", "max_examples", "example_order"))
 
     tasks = sub.add_parser("tasks", help="list the tasks of a dataset (validates every one)")

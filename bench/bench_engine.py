@@ -6,8 +6,8 @@ Examples:
     python bench/bench_engine.py --tiny                    # CPU smoke run, seconds (CI keeps it working)
     PYTHONUNBUFFERED=1 python bench/bench_engine.py --out $OUT/engine.json   # GPU, Llama-3.1-8B shape
 
-The model has the Llama-3.1-8B architecture (vocab 128,256, 32 layers, hidden 4,096, 8 KV heads) with
-random weights built directly on the device in bf16; prompts and completions are random token ids, so no
+The model has the Llama-3.1-8B architecture (vocab 128,256, 32 layers, hidden 4,096, 8 KV heads; --arch picks
+another of benchlib.ARCHS, e.g. qwen3-4b) with random weights built directly on the device in bf16; prompts and completions are random token ids, so no
 tokenizer or download is needed. Everything runs through the real engine path: `HFEngine.sample`,
 `HFEngine.finetune`, `HFEngine.reset`. The LoRA is trained for a step first, so sampling pays for it (merged
 or not). Each sampling case runs twice with the same shape: the first call ("cold") captures its CUDA
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from benchlib import (build_model, code_tokenizer, error_text, finish, header, pick_device, print_table,
+from benchlib import (ARCHS, build_model, code_tokenizer, error_text, finish, header, pick_device, print_table,
                       random_ids, sync)
 
 from arcsl.config import FinetuneConfig, ModelConfig, SamplingConfig
@@ -382,6 +382,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny model on CPU (smoke run)")
     parser.add_argument("--out", default=None, help="also write the JSON result to this file")
+    parser.add_argument("--arch", default="llama-3.1-8b", choices=[a for a in ARCHS if not a.startswith("tiny")],
+                        help="model shape on a GPU")
     parser.add_argument("--num-cases", type=int, default=None, help="only the first N sampling cases")
     parser.add_argument("--skip", nargs="*", default=[],
                         choices=["sampling", "adapters", "finetune", "step_parts", "profile", "check", "paths", "reset"])
@@ -389,11 +391,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     device = pick_device(args.tiny)
     start = time.perf_counter()
-    model = build_model("tiny" if args.tiny else "llama-3.1-8b", device)
+    model = build_model("tiny" if args.tiny else args.arch, device)
     engine = HFEngine(model, None, LORA)
     sync(device)
     result = header("engine", device, argv) | {
-        "model": "tiny llama" if args.tiny else "llama-3.1-8b shape, random bf16",
+        "model": "tiny llama" if args.tiny else f"{args.arch} shape, random bf16",
         "lora": f"rank 32, alpha 32, rsLoRA, all linear layers, {NUM_ADAPTERS} adapters",
         "setup_s": round(time.perf_counter() - start, 1)}
     print(f"{result['device']}, torch {result['torch']}, transformers {result['transformers']}, "

@@ -13,10 +13,10 @@ the base configuration (4,096 tokens, completion 512, one sequence per micro-bat
 A fourth sweep, packing, trains 8 examples of spread lengths (1/4 to all of --seq, 512-token completions) in
 micro-batches of 2 x seq tokens, padded to the longest of each (FinetuneConfig.packing off) or packed into one
 row each attending only to itself (on).
---liger then patches the model with Liger's Triton kernels (RMSNorm, SwiGLU, RoPE; `liger-kernel`, installed
-separately) and runs the length sweep again, so that the fused kernels are measured against the plain model
-in one process before the engine adopts them (the loss is already computed on the completion positions only,
-so Liger's fused linear cross-entropy is not measured).
+--liger then turns on Liger's Triton kernels (RMSNorm, SwiGLU, RoPE; `liger-kernel`, the `gpu` extra) the way the
+engine does (`engine.training_kernels`, `--training-kernels liger`) and runs the length sweep again, so that
+the fused kernels are measured against the plain model in one process (the loss is computed on the completion
+positions only, so Liger's fused linear cross-entropy is not used). --sweeps and --lengths keep a subset.
 Prints a table, then one JSON line.
 """
 
@@ -32,6 +32,7 @@ from benchlib import build_model, error_text, finish, header, pick_device, print
 
 from arcsl.config import FinetuneConfig, ModelConfig
 from arcsl.engine.hf import HFEngine
+from arcsl.engine.training_kernels import apply_training_kernels
 
 NUM_EXAMPLES = 8
 
@@ -75,27 +76,26 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny model on CPU (smoke run)")
     parser.add_argument("--liger", action="store_true", help="then the length sweep again with Liger's kernels")
+    parser.add_argument("--sweeps", nargs="*", default=None, help="only these: length micro-batch completion packing")
+    parser.add_argument("--lengths", nargs="*", type=int, default=None, help="only these lengths in the length sweep")
     parser.add_argument("--out", default=None, help="also write the JSON result to this file")
     args = parser.parse_args(argv)
 
     device = pick_device(args.tiny)
     start = time.perf_counter()
     model = build_model("tiny" if args.tiny else "llama-3.1-8b", device)
-    engine = HFEngine(model, None, ModelConfig(model="random", lora_rank=32, lora_alpha=32))
+    engine = HFEngine(model, None, ModelConfig(model="random", lora_rank=32, lora_alpha=32, training_kernels="none"))
     result = header("training", device, argv) | {
         "model": "tiny llama" if args.tiny else "llama-3.1-8b shape, random bf16", "lora": "rank 32, all linear",
         "setup_s": round(time.perf_counter() - start, 1), "rows": []}
-    rows = configurations(args.tiny)
+    rows = [c for c in configurations(args.tiny) if (not args.sweeps or c["sweep"] in args.sweeps)
+            and (not args.lengths or c["sweep"] != "length" or c["seq"] in args.lengths)]
     if args.liger:
         rows += [c | dict(sweep="liger") for c in rows if c["sweep"] == "length"]
     for c in rows:
         try:
-            if c["sweep"] == "liger" and not getattr(model, "liger", False):
-                from liger_kernel.transformers import apply_liger_kernel_to_llama
-
-                apply_liger_kernel_to_llama(rope=True, rms_norm=True, swiglu=True, cross_entropy=False,
-                                            fused_linear_cross_entropy=False, model=model)
-                model.liger = True
+            if c["sweep"] == "liger":  # from here on (the engine's fine-tuning forward picks it up)
+                apply_training_kernels(model, "liger")
             result["rows"].append(run(engine, model.config.vocab_size, c))
         except Exception as e:  # keep the other configurations' figures
             traceback.print_exc()

@@ -30,7 +30,8 @@ What is covered:
 
 What is not covered: training several adapters in one step (a call trains one; the caller makes it the
 model's active adapter), data parallelism in the per-task rounds (there tasks are sharded over the workers,
-not batches), fused training kernels (Liger's measured +20-27 %, not adopted yet: docs/gpu.md).
+not batches). Fused kernels (Liger's) are applied to the model's forward by the engine at load
+(`training_kernels`), not here.
 """
 
 import math
@@ -45,6 +46,7 @@ import torch.nn.functional as F
 from arcsl.config import FinetuneConfig
 from arcsl.engine.memory import SAFETY, ActivationModel, GpuMemory, choose_checkpointing, measure_activations
 from arcsl.engine.tokens import Tokenized
+from arcsl.engine.training_kernels import fused_forward
 from arcsl.engine.types import FinetuneStats
 
 
@@ -281,11 +283,7 @@ class Finetuner:
             self._set_checkpointing(checkpointed)
             self.counts["checkpointed"] += checkpointed
             input_ids, loss_mask, positions = collate(batch, self.pad_id, self.device, cfg.packing)
-            with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
-                                enabled=self.autocast_dtype is not None):
-                loss = completion_loss(self.lm, input_ids, loss_mask, positions) / num_loss_tokens
-            loss.backward()
-            total += loss.detach()
+            total += self._forward_backward(input_ids, loss_mask, positions, num_loss_tokens)
         if self.data_parallel is not None:
             self.data_parallel.sum(self.params[adapter], total)
         if cfg.max_grad_norm > 0:
@@ -299,6 +297,16 @@ class Finetuner:
         optimizer.zero_grad(set_to_none=True)
         self.num_steps[adapter] += 1
         return total
+
+    def _forward_backward(self, input_ids: torch.Tensor, loss_mask: torch.Tensor, positions: torch.Tensor | None,
+                          denominator: int) -> torch.Tensor:
+        """The loss of one micro-batch over `denominator`, its gradients accumulated; returns it detached."""
+        with fused_forward(self.lm):  # the backward too: a checkpointed one recomputes the forward
+            with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                                enabled=self.autocast_dtype is not None):
+                loss = completion_loss(self.lm, input_ids, loss_mask, positions) / denominator
+            loss.backward()
+        return loss.detach()
 
     def _needs_checkpointing(self, tokens: int, loss_tokens: int, has_grads: bool) -> bool:
         """Whether a micro-batch must be checkpointed to fit in the memory available now (after the first
@@ -322,9 +330,7 @@ class Finetuner:
         mask = torch.zeros_like(ids, dtype=torch.bool)
         mask[:, tokens - loss_tokens:] = True
         self._set_checkpointing(checkpointed)
-        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
-                            enabled=self.autocast_dtype is not None):
-            completion_loss(self.lm, ids, mask).backward()
+        self._forward_backward(ids, mask, None, 1)
         self._set_checkpointing(False)
         for p in self.lm.parameters():
             p.grad = None

@@ -102,7 +102,8 @@ def batch_bytes(shape: ModelShape, num_prompts: int, per_prompt: int, prompt_len
     cached_prompt = num_prompts * prompt_cap if shares_prompt_cache else rows * prompt_cap
     kv = per_token * (cached_prompt + rows * round_up(max_new_tokens, ALIGN))
     sampling = rows * shape.vocab_size * 24  # logits, probabilities, sorted copy, order (int64), noise
-    # each captured step graph (one per power-of-two step-cache width) keeps its float32 logits
+    # each captured step graph keeps its float32 logits: one per power-of-two step-cache width on the PyTorch
+    # attention path (counted here for both paths; the GPU kernels need only one)
     graphs = (round_up(max_new_tokens, ALIGN) // ALIGN - 1).bit_length() + 1
     sampling += graphs * rows * shape.vocab_size * 4
     scores = rows * shape.num_heads * max(prompt_cap, max_new_tokens) * 8  # float32, two copies

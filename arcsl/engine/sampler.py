@@ -8,8 +8,8 @@ What is covered:
   KV heads never expanded (native GQA): on a GPU as two Triton kernels per layer (`attention`, which also
   writes the step's K/V), elsewhere (and for shapes they do not cover) as PyTorch operations
   (`two_part_attention`). A decoder lives as long as the engine: its caches are reused by
-  every batch of the same shape, and its decode steps, captured as CUDA graphs once per (prompt-length
-  bucket, step-cache width), are replayed across calls and rounds (the weights they read are updated in
+  every batch of the same shape, and its decode steps, captured as CUDA graphs once per prompt-length
+  bucket (and, on the PyTorch path, step-cache width), are replayed across calls and rounds (the weights they read are updated in
   place). The prompts of a batch are prefilled together, padded to the longest. Each prompt may use its own
   LoRA adapter (the weights then mix adapters; a static one-hot mask per row picks its adapter's block).
 - the decode step's elementwise pieces (`rms_norm`, `add_rms_norm`, `silu_mul`, `rotate`, `softmax_lse`,
@@ -214,6 +214,7 @@ class SharedPrefixDecoder:
         self.prompt_capacity = self.prompt_cap = 0
         self.prompts: list[list[int]] = []
         self.slots = torch.arange(self.step_cap, device=self.device)
+        self.fused_attention = attention.supported(self.device, self.dtype, weights.head_dim)
         # On CPU a decode step costs in proportion to its rows, so a prompt whose samples have all stopped
         # leaves the batch (`keep_prompts`); on a GPU a step is bound by reading the weights, and the graphs
         # need fixed shapes.
@@ -343,8 +344,9 @@ class SharedPrefixDecoder:
         """Feeds each row's token number `step` (0-based); returns the next logits, float32 (rows, vocab)."""
         self.tokens.copy_(tokens)
         self.step_index.fill_(step)
-        # attend only to the filled part of the step cache, in power-of-two buckets so few graphs are needed
-        width = min(self.step_cap, max(ALIGN, 1 << step.bit_length()))
+        # the PyTorch path attends only to the filled part of the step cache, in power-of-two buckets so few
+        # graphs are needed; the kernels read the step from the device, so one graph serves every step
+        width = self.step_cap if self.fused_attention else min(self.step_cap, max(ALIGN, 1 << step.bit_length()))
         if not self.use_graphs:
             return self._forward(width, self.prompt_cap)
         # merged (or zero) LoRA: no LoRA products; mixed adapters: every adapter's, masked per row
@@ -392,7 +394,7 @@ class SharedPrefixDecoder:
         w, kv, m = self.w, self.w.num_kv_heads, self.rows_per_prompt
         layer = w.layers[i]
         q_own, q_shared, kv_new = self.ops.rotate(qkv, cos, sin, kv, m, layer.q_norm, layer.k_norm, w.qk_eps)
-        if attention.supported(self.device, self.dtype, w.head_dim):
+        if self.fused_attention:
             # a prompt's length is its rows' first position
             return attention.decode_attention(q_own.unflatten(0, (-1, kv)), kv_new[:, :, :, 0], self.step_kv[i],
                                               self.step_index, self.prompt_kv[i], self.first_position[::m],
