@@ -174,8 +174,8 @@ def test_the_pytorch_path_runs_where_the_kernels_do_not():
 @pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_gpu_a_decoder_with_graphs_gives_the_same_logits_with_the_kernels_as_without(kernels, monkeypatch, dtype):
-    """Captured steps across two step-cache widths, two prompts of unequal lengths; the kernels read
-    step_index and the prompts' lengths from the device at each replay."""
+    """Captured steps across two step-cache widths (one graph with the kernels, two without), two prompts of
+    unequal lengths; the kernels read step_index and the prompts' lengths from the device at each replay."""
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     from arcsl.config import ModelConfig
@@ -200,6 +200,8 @@ def test_gpu_a_decoder_with_graphs_gives_the_same_logits_with_the_kernels_as_wit
         logits = [decoder.prefill()]
         for step in range(79):
             logits.append(decoder.step(tokens[step], step).clone())
+        # the kernels read the step from the device: one graph for all steps; the PyTorch path, one per width
+        assert len(decoder.graphs) == (1 if enabled else 2)
         return logits
 
     ours, theirs = run(True), run(False)

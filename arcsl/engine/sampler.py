@@ -75,14 +75,15 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
 
 
 def rotate(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_kv_heads: int, rows_per_prompt: int,
-           q_norm: torch.Tensor | None = None, k_norm: torch.Tensor | None = None,
-           eps: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+           q_norm: torch.Tensor | None = None, k_norm: torch.Tensor | None = None, eps: float = 0.0,
+           shared: bool = True) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Rotary embedding of one decode step's queries and keys, in the layouts attention reads; first their
     per-head RMSNorm where the model has one (Qwen3: `q_norm`, `k_norm`).
 
     Shapes: qkv (rows, (heads + 2 kv) * d), cos and sin (rows, d) -> q_own (rows * kv, group, d),
-    q_shared (prompts * kv, m * group, d) with m = rows_per_prompt, kv_new (2, rows, kv, 1, d): K and V.
-    Query head j reads KV head j // group, as Hugging Face's repeat_kv.
+    q_shared (prompts * kv, m * group, d) with m = rows_per_prompt (None unless `shared`: the GPU kernels
+    read q_own only), kv_new (2, rows, kv, 1, d): K and V. Query head j reads KV head j // group, as Hugging
+    Face's repeat_kv.
     """
     rows, d = qkv.shape[0], cos.shape[-1]
     heads = qkv.shape[1] // d - 2 * num_kv_heads
@@ -93,9 +94,11 @@ def rotate(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, num_kv_heads
     cos, sin = cos[:, None], sin[:, None]
     q = q * cos + rotate_half(q) * sin
     k = k * cos + rotate_half(k) * sin
-    q_own = q.reshape(rows * num_kv_heads, group, d)
+    q_own, kv_new = q.reshape(rows * num_kv_heads, group, d), torch.stack([k, v])[:, :, :, None]
+    if not shared:
+        return q_own, None, kv_new
     q_shared = q.view(-1, rows_per_prompt, num_kv_heads, group, d).transpose(1, 2)
-    return q_own, q_shared.reshape(-1, rows_per_prompt * group, d), torch.stack([k, v])[:, :, :, None]
+    return q_own, q_shared.reshape(-1, rows_per_prompt * group, d), kv_new
 
 
 def softmax_lse(scores: torch.Tensor, bias: torch.Tensor, scale: float,
@@ -393,7 +396,8 @@ class SharedPrefixDecoder:
     def _attention(self, i, qkv, cos, sin, step_bias, width, prompt_cap) -> torch.Tensor:
         w, kv, m = self.w, self.w.num_kv_heads, self.rows_per_prompt
         layer = w.layers[i]
-        q_own, q_shared, kv_new = self.ops.rotate(qkv, cos, sin, kv, m, layer.q_norm, layer.k_norm, w.qk_eps)
+        q_own, q_shared, kv_new = self.ops.rotate(qkv, cos, sin, kv, m, layer.q_norm, layer.k_norm, w.qk_eps,
+                                                  not self.fused_attention)
         if self.fused_attention:
             # a prompt's length is its rows' first position
             return attention.decode_attention(q_own.unflatten(0, (-1, kv)), kv_new[:, :, :, 0], self.step_kv[i],
