@@ -7,10 +7,10 @@ Examples:
     PYTHONUNBUFFERED=1 python bench/bench_engine.py --out $OUT/engine.json   # GPU, Llama-3.1-8B shape
 
 The model has the Llama-3.1-8B architecture (vocab 128,256, 32 layers, hidden 4,096, 8 KV heads; --arch picks
-another of benchlib.ARCHS, e.g. qwen3-4b) with random weights built directly on the device in bf16; prompts and completions are random token ids, so no
-tokenizer or download is needed. Everything runs through the real engine path: `HFEngine.sample`,
-`HFEngine.finetune`, `HFEngine.reset`. The LoRA is trained for a step first, so sampling pays for it (merged
-or not). Each sampling case runs twice with the same shape: the first call ("cold") captures its CUDA
+another of benchlib.ARCHS, e.g. qwen3-4b) with random weights built directly on the device in bf16; prompts
+and completions are random token ids, so no tokenizer or download is needed. Everything runs through the
+real engine path: `HFEngine.sample`, `HFEngine.finetune`, `HFEngine.reset`. The LoRA is trained for a step
+first, so sampling pays for it (merged or not). Each sampling case runs twice with the same shape: the first call ("cold") captures its CUDA
 graphs, the second ("warm", the steady state of a run's later rounds) reuses them. The engine holds
 `NUM_ADAPTERS` adapters; everything but the adapters section and the paths check uses adapter 0. Prints
 tables, then one JSON line.

@@ -76,10 +76,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tiny", action="store_true", help="tiny model on CPU (smoke run)")
     parser.add_argument("--liger", action="store_true", help="then the length sweep again with Liger's kernels")
-    parser.add_argument("--sweeps", nargs="*", default=None, help="only these: length micro-batch completion packing")
+    parser.add_argument("--sweeps", nargs="*", default=None, choices=["length", "micro-batch", "completion", "packing"],
+                        help="only these sweeps (--liger needs length)")
     parser.add_argument("--lengths", nargs="*", type=int, default=None, help="only these lengths in the length sweep")
     parser.add_argument("--out", default=None, help="also write the JSON result to this file")
     args = parser.parse_args(argv)
+    if args.liger and args.sweeps and "length" not in args.sweeps:
+        parser.error("--liger repeats the length sweep: add length to --sweeps")
 
     device = pick_device(args.tiny)
     start = time.perf_counter()

@@ -120,8 +120,8 @@ def test_gpu_each_family_with_graphs_and_compiled_decode_equals_its_own_forward(
     """float32 on the GPU: CUDA graphs and compiled decode pieces, LoRA merged / stacked / mixed, greedy texts
     identical to the model's own forward; bf16: prefill logits within bf16 rounding of its own forward."""
     engine = trained_engine(tokenizer, family, num_adapters=2)  # trained on CPU, then moved with its adapters
-    gpu = HFEngine(family_model(tokenizer, family).cuda(), tokenizer, ModelConfig(model=family, lora_rank=4,
-                                                                                   num_adapters=2))
+    gpu = HFEngine(family_model(tokenizer, family).cuda(), tokenizer,  # its own forward: transformers' (not Liger's)
+                   ModelConfig(model=family, lora_rank=4, num_adapters=2, training_kernels="none"))
     for adapter in (0, 1):
         with tempfile.TemporaryDirectory() as path:
             engine.save_adapter(path, adapter)
@@ -137,7 +137,7 @@ def test_gpu_each_family_with_graphs_and_compiled_decode_equals_its_own_forward(
     assert gpu.decoders.compile_error is None
 
     bf16 = HFEngine(family_model(tokenizer, family).to("cuda", torch.bfloat16), tokenizer,
-                    ModelConfig(model=family, lora_rank=4))
+                    ModelConfig(model=family, lora_rank=4, training_kernels="none"))
     ids = bf16.codec.encode_prompt(PROMPT)
     decoder = bf16.decoders.get(1, 2, GREEDY)
     decoder.load([ids])

@@ -1,6 +1,6 @@
 """Fused training kernels (`engine.training_kernels`): when Liger's kernels are used and the errors when they
-cannot be; on CPU, how they are wired in (every norm and MLP of the model, the rotary kernel only inside that
-model's fine-tuning forward, other models untouched), with stand-ins computing the same functions; on a GPU
+cannot be; on CPU, how they are wired in (every norm, MLP and rotation of the patched model, also in a
+checkpointed backward on another thread, and no other model's), with stand-ins computing the same; on a GPU
 with liger-kernel installed, the real kernels: fine-tuning losses and LoRA updates equal to the plain model's
 (float32) and the fast path's greedy texts equal to the patched model's own forward, for every family."""
 
@@ -15,12 +15,11 @@ import torch
 import torch.nn.functional as F
 from test_families import FAMILIES, GREEDY, TRAIN, family_model, own_forward_texts, texts
 from tiny_lm import COMPLETION, OTHER_PROMPT, PROMPT, one_thread, tokenizer  # noqa: F401 (fixtures)
-from transformers.models.llama import modeling_llama
 
 from arcsl.config import ModelConfig
 from arcsl.engine.finetune import collate, completion_loss
 from arcsl.engine.hf import HFEngine
-from arcsl.engine.training_kernels import apply_training_kernels, fused_forward, patch_model, why_not_liger
+from arcsl.engine.training_kernels import apply_training_kernels, patch_model, why_not_liger
 
 HAS_LIGER = importlib.util.find_spec("liger_kernel") is not None
 
@@ -51,10 +50,15 @@ def test_on_cpu_auto_and_none_leave_the_model_alone_and_liger_is_an_error_naming
 
 @pytest.fixture
 def stand_ins(monkeypatch):
-    """Liger's functions replaced by PyTorch computing the same (counting their calls); the rotary functions of
-    transformers' modules are restored after the test."""
+    """Liger's functions replaced by PyTorch computing the same (counting their calls); the families' rotary
+    functions unwrapped for the test (an earlier GPU test may have wrapped them) and restored after it."""
     calls = {"rms_norm": 0, "swiglu": 0, "rope": 0}
-    original_rope = modeling_llama.apply_rotary_pos_emb  # the same function as Qwen3's
+    originals = {}
+    for family in ("llama", "qwen3"):
+        modeling = importlib.import_module(f"transformers.models.{family}.modeling_{family}")
+        original = getattr(modeling.apply_rotary_pos_emb, "arcsl_original", modeling.apply_rotary_pos_emb)
+        monkeypatch.setattr(modeling, "apply_rotary_pos_emb", original)
+        originals[family] = original
 
     def rms_norm(x, w, eps, offset, casting_mode, in_place):
         calls["rms_norm"] += 1
@@ -67,22 +71,19 @@ def stand_ins(monkeypatch):
 
     def rope(q, k, cos, sin):
         calls["rope"] += 1
-        return original_rope(q, k, cos, sin)
+        return originals["llama"](q, k, cos, sin)  # the same rotation in every family
 
     functional = types.ModuleType("liger_kernel.transformers.functional")
     functional.liger_rms_norm, functional.liger_swiglu, functional.liger_rope = rms_norm, swiglu, rope
     for name in ("liger_kernel", "liger_kernel.transformers"):
         monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
     monkeypatch.setitem(sys.modules, "liger_kernel.transformers.functional", functional)
-    for family in ("llama", "qwen3"):
-        modeling = importlib.import_module(f"transformers.models.{family}.modeling_{family}")
-        monkeypatch.setattr(modeling, "apply_rotary_pos_emb", modeling.apply_rotary_pos_emb)
     return calls
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen3"])
-def test_every_norm_and_mlp_is_patched_and_the_rotary_kernel_runs_only_in_the_fused_forward(tokenizer, stand_ins,
-                                                                                             family):
+def test_every_norm_mlp_and_rotation_of_the_patched_model_and_no_other_uses_the_kernels(tokenizer, stand_ins,
+                                                                                       family):
     model, other = family_model(tokenizer, family), family_model(tokenizer, family)
     ids = torch.tensor([[5, 9, 11, 3, 7]])
     with torch.no_grad():
@@ -91,19 +92,40 @@ def test_every_norm_and_mlp_is_patched_and_the_rotary_kernel_runs_only_in_the_fu
     layers = model.config.num_hidden_layers
     norms = 1 + 2 * layers + (2 * layers if family == "qwen3" else 0)  # + Qwen3's q/k norms
     with torch.no_grad():
-        outside = model(ids).logits
-    assert stand_ins == {"rms_norm": norms, "swiglu": layers, "rope": 0}
-    with torch.no_grad(), fused_forward(model):
-        inside = model(ids).logits
-    assert stand_ins["rope"] == layers
-    with torch.no_grad(), fused_forward(other):  # a model that was not patched: its own forward, as before
-        other(ids)
-    assert stand_ins == {"rms_norm": 2 * norms, "swiglu": 2 * layers, "rope": layers}
-    torch.testing.assert_close(outside, expected)
-    torch.testing.assert_close(inside, expected)
+        ours = model(ids).logits
+        other(ids)  # a model of the same family that was not patched: its own functions, as before
+    assert stand_ins == {"rms_norm": norms, "swiglu": layers, "rope": layers}
+    torch.testing.assert_close(ours, expected)
 
 
-def test_the_finetuner_runs_its_forward_and_backward_in_the_fused_forward(tokenizer, stand_ins):
+def test_a_checkpointed_backward_on_another_thread_recomputes_with_the_same_kernels(tokenizer, stand_ins):
+    """A CUDA backward runs on the device's own thread and recomputes checkpointed layers there: the
+    rotation must be the same function there (else checkpointing refuses the recomputed tensors)."""
+    import threading
+
+    model = family_model(tokenizer, "llama")
+    patch_model(model)
+    model.train()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    loss = model(torch.tensor([[5, 9, 11, 3, 7]])).logits.square().mean()
+    before = stand_ins["rope"]
+    outcome = []
+
+    def backward():
+        try:
+            loss.backward()
+            outcome.append("done")
+        except Exception as e:  # e.g. torch.utils.checkpoint.CheckpointError
+            outcome.append(e)
+
+    thread = threading.Thread(target=backward)
+    thread.start()
+    thread.join()
+    assert outcome == ["done"]
+    assert stand_ins["rope"] == before + model.config.num_hidden_layers  # every layer recomputed with it
+
+
+def test_the_finetuner_trains_through_the_kernels_with_the_plain_models_losses(tokenizer, stand_ins):
     model = family_model(tokenizer, "llama")
     engine = HFEngine(model, tokenizer, ModelConfig(model="llama", lora_rank=4, training_kernels="none"))
     patch_model(model)
@@ -120,7 +142,8 @@ def test_the_finetuner_runs_its_forward_and_backward_in_the_fused_forward(tokeni
 
 # --- the real kernels ---------------------------------------------------------------------------------
 
-gpu_liger = pytest.mark.skipif(not (torch.cuda.is_available() and HAS_LIGER), reason="needs a CUDA GPU and liger-kernel")
+gpu_liger = pytest.mark.skipif(not (torch.cuda.is_available() and HAS_LIGER),
+                               reason="needs a CUDA GPU and liger-kernel")
 
 
 def lora_values(engine: HFEngine) -> torch.Tensor:
@@ -157,10 +180,9 @@ def test_gpu_liger_bf16_loss_and_lora_gradients_match_the_plain_model():
     for kernels in ("none", "liger"):
         engine = HFEngine(small_llama(), None, ModelConfig(lora_rank=16, training_kernels=kernels))
         ids, mask, _ = collate([engine.codec.encode_example(*e) for e in batch], engine.codec.pad_id, "cuda")
-        with fused_forward(engine.lm):
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                loss = completion_loss(engine.lm, ids, mask) / mask.sum()
-            loss.backward()
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = completion_loss(engine.lm, ids, mask) / mask.sum()
+        loss.backward()
         losses[kernels] = loss.item()
         grads[kernels] = torch.cat([p.grad.flatten() for p in engine.finetuner.params[0]])
         del engine

@@ -30,7 +30,7 @@ What is covered:
 
 What is not covered: training several adapters in one step (a call trains one; the caller makes it the
 model's active adapter), data parallelism in the per-task rounds (there tasks are sharded over the workers,
-not batches). Fused kernels (Liger's) are applied to the model's forward by the engine at load
+not batches). Fused kernels (Liger's) are put in the model's forward by the engine at load
 (`training_kernels`), not here.
 """
 
@@ -46,7 +46,6 @@ import torch.nn.functional as F
 from arcsl.config import FinetuneConfig
 from arcsl.engine.memory import SAFETY, ActivationModel, GpuMemory, choose_checkpointing, measure_activations
 from arcsl.engine.tokens import Tokenized
-from arcsl.engine.training_kernels import fused_forward
 from arcsl.engine.types import FinetuneStats
 
 
@@ -301,11 +300,10 @@ class Finetuner:
     def _forward_backward(self, input_ids: torch.Tensor, loss_mask: torch.Tensor, positions: torch.Tensor | None,
                           denominator: int) -> torch.Tensor:
         """The loss of one micro-batch over `denominator`, its gradients accumulated; returns it detached."""
-        with fused_forward(self.lm):  # the backward too: a checkpointed one recomputes the forward
-            with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
-                                enabled=self.autocast_dtype is not None):
-                loss = completion_loss(self.lm, input_ids, loss_mask, positions) / denominator
-            loss.backward()
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                            enabled=self.autocast_dtype is not None):
+            loss = completion_loss(self.lm, input_ids, loss_mask, positions) / denominator
+        loss.backward()
         return loss.detach()
 
     def _needs_checkpointing(self, tokens: int, loss_tokens: int, has_grads: bool) -> bool:

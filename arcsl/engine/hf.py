@@ -13,7 +13,7 @@ milliseconds. The parts, each readable and tested alone:
     decode_weights.py  the fast sampler's fused weights, with the LoRA stacked, merged or mixed per row
     sampler.py         the decoders and the decode loop
     finetune.py        Finetuner: the LoRA training loop, one optimizer per adapter
-    training_kernels.py  Liger's fused kernels in the model's forward, which fine-tuning runs
+    training_kernels.py  Liger's fused kernels in the model's own forward, which fine-tuning runs
 
 What is covered: `load_engine` (hub id or local path; bf16 on GPU, fp32 on CPU; optional 4-bit base weights on
 GPU); sampling in planned batches, the row cap halved on out-of-memory and the batch retried; several adapters
@@ -170,7 +170,8 @@ class HFEngine:
             weights = _adapter_weights(cfg.adapter, self.device)
             _check_adapter_config(cfg.adapter, cfg)
             _set_adapter(self.model, weights, "default", cfg.adapter)
-        self.uses_liger = apply_training_kernels(self.lm, cfg.training_kernels)  # fine-tuning's forward only
+        # Liger's kernels in the model's own forward: fine-tuning's, and the slow path's sampling
+        self.uses_liger = apply_training_kernels(self.lm, cfg.training_kernels)
         self.codec = PromptCodec(self.lm, tokenizer)
         self.shape = ModelShape.from_config(self.lm.config)
         slow_because = DecodeWeights.unsupported(self.lm)

@@ -7,10 +7,10 @@ What is covered:
   static cache. Attention runs in two parts, prompt and own tokens, merged by their log-sum-exp, with the
   KV heads never expanded (native GQA): on a GPU as two Triton kernels per layer (`attention`, which also
   writes the step's K/V), elsewhere (and for shapes they do not cover) as PyTorch operations
-  (`two_part_attention`). A decoder lives as long as the engine: its caches are reused by
-  every batch of the same shape, and its decode steps, captured as CUDA graphs once per prompt-length
-  bucket (and, on the PyTorch path, step-cache width), are replayed across calls and rounds (the weights they read are updated in
-  place). The prompts of a batch are prefilled together, padded to the longest. Each prompt may use its own
+  (`two_part_attention`). A decoder lives as long as the engine: its caches are reused by every batch of
+  the same shape, and its decode steps, captured as CUDA graphs once per prompt-length bucket (and, on the
+  PyTorch path, step-cache width), are replayed across calls and rounds (the weights they read are updated
+  in place). The prompts of a batch are prefilled together, padded to the longest. Each prompt may use its own
   LoRA adapter (the weights then mix adapters; a static one-hot mask per row picks its adapter's block).
 - the decode step's elementwise pieces (`rms_norm`, `add_rms_norm`, `silu_mul`, `rotate`, `softmax_lse`,
   `merge_parts`) as plain functions; `compiled_ops()` gives them compiled by torch.compile, once per
@@ -382,8 +382,9 @@ class SharedPrefixDecoder:
         x = w.embed(self.tokens)
         cos, sin = w.rotary(x, (self.first_position + self.step_index)[:, None])
         cos, sin = cos[:, 0], sin[:, 0]
-        # rank 3 like the prompt's bias, so that one compiled softmax_lse serves both parts
-        step_bias = torch.where(self.slots[:width] <= self.step_index, 0.0, float("-inf"))[None, None]
+        # rank 3 like the prompt's bias, so that one compiled softmax_lse serves both parts (PyTorch path only)
+        step_bias = None if self.fused_attention else \
+            torch.where(self.slots[:width] <= self.step_index, 0.0, float("-inf"))[None, None]
         h = ops.rms_norm(x, w.layers[0].input_norm, w.eps)
         mask = self.row_adapters
         for i, layer in enumerate(w.layers):
