@@ -99,3 +99,21 @@ def test_a_model_that_cannot_be_loaded_is_one_line_before_anything_is_written(tm
     assert main(["solve", "--model", str(model), "--adapter", str(tmp_path), "--output-dir", str(out)]) == 2
     assert "no adapter_model.safetensors there" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["solve", "demo", "finetune", "tasks", "show", "score", "validate-submission"])
+def test_every_commands_help_renders(command, capsys):
+    """argparse formats help texts with %: a stray % in a config field's help would crash --help."""
+    with pytest.raises(SystemExit) as exit_:
+        main([command, "--help"])
+    assert exit_.value.code == 0 and "usage:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command, flag, allowed", [("solve", "--training-kernels", "'auto', 'liger', 'none'"),
+                                                    ("finetune", "--training-kernels", "'auto', 'liger', 'none'"),
+                                                    ("finetune", "--lr-schedule", "'constant', 'linear', 'cosine'")])
+def test_a_value_outside_a_fixed_set_is_refused_with_the_choices(command, flag, allowed, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([command, flag, "fast"])
+    assert exit_.value.code == 2
+    assert f"{flag}: invalid choice: 'fast' (choose from {allowed})" in capsys.readouterr().err
