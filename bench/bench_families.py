@@ -8,7 +8,7 @@ Examples:
 For each family: random bf16 weights built on the device; one prompt of 1,000 random token ids; 128 samples
 of 256 new tokens each (no stop), temperature 1, top-p 0.95. The peer is `model.generate` on the plain model
 (the prompt repeated per sample, sampling with the same settings, its default cache and attention), run
-first; then `HFEngine.sample` on the same weights, with a LoRA (zero, as after a reset) as in a run, twice
+first, twice (the second timed); then `HFEngine.sample` on the same weights, with a LoRA (zero, as after a reset) as in a run, twice
 (the first call compiles and captures; the second is timed). The bound is the time to read, once per decode
 step, the weights plus the prompt's KV cache and the samples' own KV (at its mean length), at the copy
 bandwidth measured here: rows / that time is the most tokens/s a decoder bound by memory can reach.
