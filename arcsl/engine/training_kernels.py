@@ -4,8 +4,9 @@ fine-tuning runs (and sampling only on the slow path, `CacheDecoder`; the fast p
 Liger (the `liger-kernel` package, the `gpu` extra) is the library made for this; arcsl only decides when to
 use it, checks that it can, and applies it to one model instance:
 
-- "auto" (the default): used when liger-kernel is installed, the model is on a GPU and its family is one
-  arcsl's fast path knows; otherwise not, with a warning saying why when the model is on a GPU.
+- "auto" (the default): used when liger-kernel is installed, the model is on a GPU and its family's norms and
+  MLP are Llama's (`FAMILIES`; the same list as the fast path's today, kept apart because a family added there
+  need not fit the forwards below); otherwise not, with a warning saying why when the model is on a GPU.
 - "liger": required; any of those missing is an error naming `--training-kernels`.
 - "none": not used.
 
