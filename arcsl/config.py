@@ -223,6 +223,10 @@ class RelabelConfig:
         "help": "examples per round, the best by train score kept; -1 = no cap"})
     example_order: str = field(default="worst-first", metadata={
         "help": "order of a round's examples: worst-first, best-first (by train score) or random"})
+    refine_examples: int = field(default=-1, metadata={
+        "help": "refinement examples per round besides the others (a refined program whose train outputs differ "
+                "from its parent's, as the correct refinement of the task relabelled to them), the best by train "
+                "score kept, in the same order; -1 = no cap, 0 = none"})
 
     def __post_init__(self):
         if self.relabel_rounds not in RELABEL_ROUNDS:
@@ -231,6 +235,8 @@ class RelabelConfig:
             raise ValueError(f"example_order must be one of {', '.join(EXAMPLE_ORDERS)}; got {self.example_order!r}")
         if self.max_examples < -1 or self.max_examples == 0:
             raise ValueError(f"max_examples must be a positive number or -1 (no cap); got {self.max_examples}")
+        if self.refine_examples < -1:
+            raise ValueError(f"refine_examples must be >= 0 or -1 (no cap); got {self.refine_examples}")
 
 
 STOP_CRITERIA = ("two-solutions", "one-solution", "never")
@@ -258,6 +264,13 @@ class LoopConfig:
         "help": "view colour permutation: none, keep-background (0 stays black) or all"})
     augment_train_order: bool = field(default=True, metadata={"help": "views shuffle the order of the train pairs"})
     seed: int = field(default=0, metadata={"help": "seed of views, sampling and fine-tuning: a CPU run is exactly reproducible"})
+    refine_programs: int = field(default=0, metadata={
+        "help": "programs of each round after the first that refine an earlier attempt (shown with its outputs "
+                "beside the expected ones, or its error) instead of starting afresh; a multiple of "
+                "samples_per_view (one prompt per parent); parents as arcsl/refine.py chooses them; 0 = off"})
+    refine_per_parent: int = field(default=1, metadata={
+        "help": "times one behaviour (train outputs, or error) may be refined in a task, each time samples_per_view "
+                "programs"})
     task_group_size: int = field(default=1, metadata={
         "help": "tasks that learn together in one LoRA adapter: they start together, each round fine-tunes it once "
                 "on all of their relabelled attempts, and a task that stops leaves the group; 1 = each its own"})
@@ -274,6 +287,12 @@ class LoopConfig:
                                  f"got {value}")
         if self.max_rounds < 0:
             raise ValueError(f"max_rounds must be >= 0 (0 = search only), got {self.max_rounds}")
+        if self.refine_programs < 0 or self.refine_programs % self.samples_per_view \
+                or self.refine_programs > self.programs_per_round:
+            raise ValueError(f"refine_programs must be a multiple of samples_per_view ({self.samples_per_view}) from "
+                             f"0 to programs_per_round ({self.programs_per_round}); got {self.refine_programs}")
+        if self.refine_per_parent < 1:
+            raise ValueError(f"refine_per_parent must be >= 1, got {self.refine_per_parent}")
         if self.stop not in STOP_CRITERIA:
             raise ValueError(f"stop must be one of {', '.join(STOP_CRITERIA)}; got {self.stop!r}")
         if self.augment_colors not in AUG_COLORS:

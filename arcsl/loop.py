@@ -2,7 +2,8 @@
 
     search: sample programs from augmented views -> run them in the sandbox (each as soon as its sample
             stops, while the others are decoded) -> map outputs back -> score
-    repeat up to max_rounds: relabel attempts in hindsight -> fine-tune the LoRA -> search again
+    repeat up to max_rounds: relabel attempts (and refinements) in hindsight -> fine-tune the LoRA -> search
+            again, part of it (refine_programs) refining earlier attempts shown with what they did
     stop early when solved (or out of time); select two attempts per test input; reset the LoRA
 
 A round (`run_round`) advances several tasks in lockstep, each learning in its own LoRA adapter of the
@@ -64,7 +65,9 @@ from arcsl.config import FinetuneConfig, LoopConfig, RelabelConfig, SamplingConf
 from arcsl.engine.types import Completion, Engine, Prompt
 from arcsl.grids import Grid, Task
 from arcsl.prompting import PromptFormat
-from arcsl.relabel import train_fingerprint, training_examples, training_set
+from arcsl.refine import behaviour, check_refinement, choose_parents, parent_view
+from arcsl.relabel import (refinement_examples, refinement_key, refinement_set, train_fingerprint, training_examples,
+                           training_set)
 from arcsl.sandbox import ExecutionResult, Job, SandboxPool
 from arcsl.scheduler import DeadlinePlanner, Scheduler
 from arcsl.scoring import Attempt, TaskScores, fingerprint, score_attempt, score_task
@@ -83,6 +86,9 @@ class LoopSettings:
     finetune: FinetuneConfig
     prompt_format: PromptFormat
     model_id: str = ""
+
+    def __post_init__(self):
+        check_refinement(self.loop, self.prompt_format)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,7 +131,8 @@ class TaskRun:
     adapter: int                   # the engine's LoRA adapter it learns in
     max_rounds: int                # its own: the run's, or 0 (search only) when the deadline is near
     attempts: list[Attempt] = field(default_factory=list)
-    trained: set[str] = field(default_factory=set)  # train fingerprints fine-tuned on so far
+    trained: set[str] = field(default_factory=set)  # train fingerprints (and refinement keys) fine-tuned on so far
+    refined: dict[str, int] = field(default_factory=dict)  # parent behaviour -> times refined so far
     rounds: list[RoundStats] = field(default_factory=list)
     reason: str | None = None      # why it stopped (see TaskResult.stop_reason); None while it goes on
 
@@ -187,8 +194,9 @@ def prompt_hash(prompt) -> str:
 
 
 def make_attempt(task: Task, view: Task, completion: Completion, program: str | None, result: ExecutionResult,
-                 round_: int, prompt_id: str, model_id: str) -> Attempt:
-    """An attempt in the original task's frame: outputs mapped back through the view's augmentation."""
+                 round_: int, prompt_id: str, model_id: str, key: str = "", parent: str | None = None) -> Attempt:
+    """An attempt in the original task's frame: outputs mapped back through the view's augmentation; `key` names
+    it within the task, `parent` the attempt it refines."""
     train_outputs = test_outputs = None
     if result.outputs is not None:
         back = [inverse(g, view.augmentation) for g in result.outputs]
@@ -198,7 +206,8 @@ def make_attempt(task: Task, view: Task, completion: Completion, program: str | 
                    train_outputs=train_outputs, test_outputs=test_outputs,
                    scores=score_attempt(task, train_outputs, test_outputs), round=round_,
                    augmentation=view.augmentation, prompt_hash=prompt_id, response=completion.text,
-                   model_id=model_id, timings={"execution": result.elapsed_s})
+                   model_id=model_id, timings={"execution": result.elapsed_s}, message=result.message, key=key,
+                   parent=parent)
 
 
 def split_by_counts(items: Sequence[T], counts: Sequence[int], what: str) -> list[list[T]]:
@@ -214,28 +223,41 @@ def split_by_counts(items: Sequence[T], counts: Sequence[int], what: str) -> lis
 
 @dataclass(frozen=True, slots=True)
 class SearchPlan:
-    """What one task asks of a search: its views, their prompts, and a sampling seed for each."""
+    """What one task asks of a search: its views, their prompts, a sampling seed for each, and the attempt each
+    refines (None: a fresh sample)."""
     views: list[Task]
     prompts: list[Prompt]          # one per view
     seeds: list[int]               # one per view: its samples depend on it alone, not on the tasks beside it
+    parents: list[Attempt | None]  # one per view
 
 
 def plan_search(run: TaskRun) -> SearchPlan:
-    """Fresh views of the run's task for its current round, and their seeds, drawn from its own generator."""
-    cfg = run.settings.loop
-    num_programs = cfg.initial_programs if run.round == 0 else cfg.programs_per_round
+    """The prompts of the run's current round, and their seeds, drawn from its own generator: after the first round,
+    up to refine_programs / samples_per_view parents (`refine.choose_parents`), each in the view it was sampled
+    from; fresh views for the rest."""
+    cfg, fmt = run.settings.loop, run.settings.prompt_format
+    num_views = (cfg.initial_programs if run.round == 0 else cfg.programs_per_round) // cfg.samples_per_view
+    parents = []
+    if run.round > 0 and cfg.refine_programs:
+        parents = choose_parents(run.attempts, cfg.refine_programs // cfg.samples_per_view, cfg.refine_per_parent,
+                                 run.refined)
     views = [augment(run.task, random_augmentation(run.task, run.rng, cfg.augment_dihedral, cfg.augment_colors,
                                                    cfg.augment_train_order))
-             for _ in range(num_programs // cfg.samples_per_view)]
-    prompts = [run.settings.prompt_format.build(v) for v in views]
-    return SearchPlan(views, prompts, [int(s) for s in run.rng.integers(2**31, size=len(views))])
+             for _ in range(num_views - len(parents))]
+    prompts = [fmt.build(v) for v in views]
+    for parent in parents:
+        view, feedback = parent_view(run.task, parent)
+        views.append(view)
+        prompts.append(fmt.refine(view, parent.program, feedback))
+    seeds = [int(s) for s in run.rng.integers(2**31, size=len(views))]
+    return SearchPlan(views, prompts, seeds, [None] * (len(views) - len(parents)) + parents)
 
 
 def search(runs: list[TaskRun], engine: Engine, pool: SandboxPool, timers: list[PhaseTimer],
            sample_until: float | None = None) -> list[list[Attempt]]:
-    """Sample programs over fresh views of every run's task, run and score them: one engine call, each
-    prompt through its task's adapter and with its view's own seed; one sandbox batch. Returns each run's
-    attempts. Sampling ends at `sample_until` (time.monotonic()) with the samples finished by then.
+    """Sample programs for every run's task (fresh views, and after the first round refine prompts of its parents:
+    `plan_search`), run and score them: one engine call, each prompt through its task's adapter and with its
+    view's own seed; one sandbox batch. Returns each run's attempts. Sampling ends at `sample_until` (time.monotonic()) with the samples finished by then.
 
     Each program goes to the sandbox as soon as its sample stops (the engine's `on_complete`), and the
     sandbox is serviced while the engine waits for its device (`idle`), so execution overlaps decoding;
@@ -280,11 +302,18 @@ def search(runs: list[TaskRun], engine: Engine, pool: SandboxPool, timers: list[
 
 def run_attempts(run: TaskRun, plan: SearchPlan, completions: list[list[Completion]],
                  programs: list[list[str | None]], results: list[ExecutionResult]) -> list[Attempt]:
-    """One run's attempts, per view and sample; `results` holds its programs' results in that order."""
-    sampled = [(v, prompt_hash(prompt), c, p) for v, prompt, cs, ps in zip(plan.views, plan.prompts, completions, programs)
+    """One run's attempts, per view and sample, keyed "round.index"; `results` holds its programs' results in that
+    order. A parent counts as refined (`run.refined`) once a refinement of it was sampled: a prompt the deadline
+    cut before any sample leaves its parent for a later round."""
+    for parent, cs in zip(plan.parents, completions):
+        if parent is not None and cs:
+            run.refined[behaviour(parent)] = run.refined.get(behaviour(parent), 0) + 1
+    sampled = [(v, prompt_hash(prompt), parent, c, p)
+               for v, prompt, parent, cs, ps in zip(plan.views, plan.prompts, plan.parents, completions, programs)
                for c, p in zip(cs, ps)]
-    return [make_attempt(run.task, v, c, p, r, run.round, h, run.settings.model_id)
-            for (v, h, c, p), r in zip(sampled, results, strict=True)]
+    return [make_attempt(run.task, v, c, p, r, run.round, h, run.settings.model_id, key=f"{run.round}.{i}",
+                         parent=None if parent is None else parent.key)
+            for i, ((v, h, parent, c, p), r) in enumerate(zip(sampled, results, strict=True))]
 
 
 # --- stopping -----------------------------------------------------------------------------------
@@ -341,9 +370,9 @@ def start_run(task: Task, settings: LoopSettings, adapter: int = 0, max_rounds: 
 
 def learn(group: list[TaskRun], engine: Engine, timers: list[PhaseTimer], stop_at: float | None = None) -> list[int]:
     """Before a round's search, for the tasks of one adapter (a group; one task without task groups): in
-    their round 0, a fresh LoRA in it; after it, each task's last-round attempts relabelled, then ONE
-    fine-tuning call of that LoRA on all of them, taking no step from `stop_at` (time.monotonic()) on.
-    Returns the number of examples each task contributed."""
+    their round 0, a fresh LoRA in it; after it, each task's last-round attempts relabelled (and its
+    refinements, as refinements), then ONE fine-tuning call of that LoRA on all of them, taking no step from
+    `stop_at` (time.monotonic()) on. Returns the number of examples each task contributed."""
     adapter, first = group[0].adapter, group[0]
     assert all(r.adapter == adapter and r.round == first.round for r in group), \
         f"the tasks of adapter {adapter} must be in the same round: {[(r.task.id, r.round) for r in group]}"
@@ -354,10 +383,12 @@ def learn(group: list[TaskRun], engine: Engine, timers: list[PhaseTimer], stop_a
     examples = []
     for run, timer in zip(group, timers):
         with timer("relabelling"):
-            chosen = training_set(run.task, run.attempts, run.round - 1, run.trained, run.settings.relabel, run.rng)
-            run.trained |= {train_fingerprint(a) for a in chosen}
-            examples.append(training_examples(run.task, chosen, run.settings.prompt_format,
-                                              run.settings.relabel.prune_programs))
+            relabel, fmt = run.settings.relabel, run.settings.prompt_format
+            chosen = training_set(run.task, run.attempts, run.round - 1, run.trained, relabel, run.rng)
+            refined = refinement_set(run.task, run.attempts, run.round - 1, run.trained, relabel, run.rng)
+            run.trained |= {train_fingerprint(a) for a in chosen} | {refinement_key(p, c) for p, c in refined}
+            examples.append(training_examples(run.task, chosen, fmt, relabel.prune_programs)
+                            + refinement_examples(run.task, refined, fmt, relabel.prune_programs))
     if any(examples):
         with shared_phase(timers, "finetuning"):
             engine.finetune([e for task_examples in examples for e in task_examples], first.settings.finetune,

@@ -11,7 +11,9 @@ rebuild each task's views) and prompt format. Per task, the candidates are the l
 training_set` over all rounds: attempts with valid outputs, one per distinct train output, the shortest
 program; identity programs dropped and programs pruned as the relabelling flags say); `--select` keeps
 `--examples-per-task` of them by train score: the best, the worst, or spread evenly between. Programs
-correct on train are ordinary examples. One LoRA is trained on all of them with the engine's Finetuner (one
+correct on train are ordinary examples. Refinements the runs made (`--refine-programs`) add their hindsight
+examples (`relabel.refinement_set` over all rounds, the best children first, up to `--refine-examples` per
+task; -1 = all). One LoRA is trained on all of them with the engine's Finetuner (one
 code path with the per-task loop) and written as a peft adapter, with `manifest.json`: the source runs,
 the examples per task, the settings and the losses.
 
@@ -45,7 +47,7 @@ from arcsl.config import DataConfig, FinetuneConfig, ModelConfig, OfflineConfig,
 from arcsl.engine.finetune import DataParallel, num_steps
 from arcsl.grids import Task, load_dataset
 from arcsl.prompting import PromptFormat
-from arcsl.relabel import training_examples, training_set
+from arcsl.relabel import refinement_examples, refinement_set, training_examples, training_set
 from arcsl.scoring import Attempt
 
 
@@ -61,6 +63,12 @@ def select_examples(task: Task, attempts: list[Attempt], count: int, how: str, r
     if how == "worst":
         return ranked[-count:]
     return [ranked[i] for i in np.linspace(0, len(ranked) - 1, count).round().astype(int)]
+
+
+def select_refinements(task: Task, attempts: list[Attempt], relabel: RelabelConfig) -> list[tuple[Attempt, Attempt]]:
+    """The task's (parent, child) refinements of all rounds, the best children first, up to relabel.refine_examples."""
+    rules = replace(relabel, relabel_rounds="all", skip_trained=False, example_order="best-first")
+    return refinement_set(task, attempts, -1, set(), rules, np.random.default_rng(0))  # no randomness used
 
 
 def examples_from_runs(runs: list[str], cfg: OfflineConfig, relabel: RelabelConfig,
@@ -88,9 +96,12 @@ def examples_from_runs(runs: list[str], cfg: OfflineConfig, relabel: RelabelConf
                 if task_id not in tasks:
                     raise ValueError(f"--from-run {run}: task {task_id} is not in its dataset {data['dataset']}")
                 task = tasks[task_id]
-                chosen = select_examples(task, store.attempts(task_id), cfg.examples_per_task, cfg.select, relabel)
+                attempts = store.attempts(task_id)
+                chosen = select_examples(task, attempts, cfg.examples_per_task, cfg.select, relabel)
                 examples += training_examples(task, chosen, fmt, relabel.prune_programs)
-                counts[f"{run}:{task_id}"] = len(chosen)
+                refined = select_refinements(task, attempts, relabel) if fmt.refine is not None else []
+                examples += refinement_examples(task, refined, fmt, relabel.prune_programs)
+                counts[f"{run}:{task_id}"] = len(chosen) + len(refined)
     if not examples:
         raise ValueError(f"--from-run {' '.join(runs)}: no attempt with valid outputs to learn from")
     return examples, counts, format_name

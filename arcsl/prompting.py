@@ -3,8 +3,12 @@
 A `PromptFormat` is one object holding everything a model family needs: how a view becomes a prompt,
 how the program is read from a completion, where sampling may stop (a `StopRule` the engine calls
 without knowing what it looks for), which DSL file the sandbox lets its programs import, and an
-optional pruning hook for relabelled programs. This module defines `BARC_FORMAT`; other domains define
-their own (the toy domain's is `arcsl.toy.prompt.TOY_FORMAT`), and the edge (`arcsl.catalog`) maps the
+optional pruning hook for relabelled programs and refine builder ((view, parent program, what it did on the
+view's train inputs as a `Feedback`) -> a prompt asking for a corrected program). This module defines
+`BARC_FORMAT`. Its refine prompt is BARC's prompt (same system text and grids) followed by the parent in a
+```python block, per example its output in colour names and the cells where it differs from the expected
+one (an X mask), or its shape, or the error text, then the instruction to write a corrected `transform`.
+Other domains define their own (the toy domain's is `arcsl.toy.prompt.TOY_FORMAT`), and the edge (`arcsl.catalog`) maps the
 names a user types to them.
 
 The BARC induction model answers with some prose and then a ```python fenced block holding the
@@ -39,6 +43,8 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from arcsl.engine.types import ChatPrompt, StopRule
 from arcsl.grids import Grid, Task
@@ -158,10 +164,77 @@ def barc_prompt(view: Task) -> ChatPrompt:
                       assistant_prefix=BARC_ASSISTANT_PREFIX)
 
 
+# --- refinement: a view, a parent program and what it did -> a prompt for a corrected program ---
+
+MAX_ERROR_CHARS = 300  # of a parent's error text in a refine prompt (the sandbox cuts a program's own at 300
+# too; its messages of crashes and start-up failures run longer)
+
+
+def cut_error(text: str) -> str:
+    """An error text as a refine prompt shows it: at most MAX_ERROR_CHARS, an ellipsis marking a cut."""
+    return text if len(text) <= MAX_ERROR_CHARS else text[:MAX_ERROR_CHARS - 3] + "..."
+
+
+@dataclass(frozen=True, slots=True)
+class Feedback:
+    """What a parent program did on a view's train inputs, in the view's frame (its orientation, colours and
+    train order): what a refine prompt shows beside the expected outputs."""
+    outputs: tuple[Grid | None, ...] | None  # per train pair of the view, the grid it produced (None: no grid);
+    # None: the program failed (see `error`)
+    error: str = ""  # the failure as the sandbox reported it ("ValueError: ...", "timeout"), `cut_error`; "" if ran
+
+
+def differing_cells(expected: Grid, produced: Grid) -> np.ndarray:
+    """Where a produced grid of the expected shape differs from it. Shape: expected.shape (bool)."""
+    assert expected.shape == produced.shape, f"shapes differ: {expected.shape} and {produced.shape}"
+    return np.asarray(expected) != np.asarray(produced)
+
+
+BARC_REFINE_INTRO = "\nHere is a Python program that was written to solve this puzzle:\n"
+BARC_REFINE_INSTRUCTION = ("\nThe program is not correct. Write a corrected Python function `transform` that converts "
+                           "every input grid of the reference examples to its output grid.")
+
+
+def barc_feedback(view: Task, feedback: Feedback) -> str:
+    """What the parent did, in BARC's grid text: its error, or per example its output and where it is wrong."""
+    if feedback.outputs is None:
+        # the sandbox runs a program on the test inputs too, and an error on any input voids every output
+        return f"Running it failed with this error:\n{feedback.error}\n"
+    return "\n".join(_barc_example_feedback(i, pair.output, produced)
+                     for i, (pair, produced) in enumerate(zip(view.train, feedback.outputs, strict=True), start=1))
+
+
+def _barc_example_feedback(i: int, expected: Grid, produced: Grid | None) -> str:
+    if produced is None:
+        return f"On example {i} it produced no grid.\n"
+    text = f"On example {i} it produced:\n{grid_to_barc(produced)}"
+    if produced.shape != expected.shape:
+        (h, w), (eh, ew) = produced.shape, expected.shape
+        return text + f"This grid is {h}x{w}; the expected output is {eh}x{ew}.\n"
+    wrong = differing_cells(expected, produced)
+    if not wrong.any():
+        return text + "This is the expected output.\n"
+    mask = "".join(" ".join("X" if w else "." for w in row) + "\n" for row in wrong.tolist())
+    return text + (f"It differs from the expected output in {int(wrong.sum())} of {wrong.size} cells, marked X "
+                   f"(. is a correct cell):\n{mask}")
+
+
+def barc_refine_prompt(view: Task, program: str, feedback: Feedback) -> ChatPrompt:
+    """BARC's prompt for the view (same system text and grids), then the parent program in a ```python block, what
+    it did on the reference examples, and the instruction to write a corrected `transform`."""
+    task_prompt = barc_prompt(view)
+    user = task_prompt.messages[-1]["content"].removesuffix(BARC_INSTRUCTION)
+    fence = program if program.endswith("\n") else program + "\n"
+    user += f"{BARC_REFINE_INTRO}```python\n{fence}```\n\n{barc_feedback(view, feedback)}{BARC_REFINE_INSTRUCTION}"
+    return ChatPrompt(messages=[*task_prompt.messages[:-1], {"role": "user", "content": user}],
+                      assistant_prefix=BARC_ASSISTANT_PREFIX)
+
+
 @dataclass(frozen=True, slots=True)
 class PromptFormat:
     """How one model family is spoken to: its prompt, where its program sits, where sampling may stop,
-    the DSL its programs import, and how a relabelled program may be simplified for training."""
+    the DSL its programs import, how a relabelled program may be simplified for training, and how a
+    program is shown with what it did, to be corrected (refinement)."""
     name: str  # what --prompt-format calls it
     build: Callable[[Task], ChatPrompt | str]
     extract: Callable[[str], str | None]
@@ -169,6 +242,8 @@ class PromptFormat:
     dsl_path: Path  # importable in the sandbox by its file stem (`common`, `draw`)
     # (completion, relabelled task) -> the completion to train on, simplified; None: trained on as written
     prune: Callable[[str, Task], str] | None = None
+    # (view, parent program, what it did on the view's train inputs) -> the prompt; None: no refinement
+    refine: Callable[[Task, str, Feedback], ChatPrompt | str] | None = None
 
 
-BARC_FORMAT = PromptFormat("barc", barc_prompt, extract_program, code_end, DSL_PATH)
+BARC_FORMAT = PromptFormat("barc", barc_prompt, extract_program, code_end, DSL_PATH, refine=barc_refine_prompt)

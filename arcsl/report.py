@@ -3,7 +3,9 @@
 - `print_summary`: the MEAN metrics and the time per phase (where "other" is the overhead we fight);
 - `plot_pass_at_k`: mean pass@k over tasks against k, the number of predictions;
 - `plot_rounds`: best train pixel score per round, one line per task;
-- `write_report`: report.html, per task its grids, the two answers chosen and the best programs.
+- `write_report`: report.html, per task its grids, the two answers chosen and the best programs;
+- `refinement_summary`: with refinement, how many attempts refined a parent, how many improved on it, and
+  the tasks first solved by a refinement (printed, and at the top of report.html).
 
 What is not covered: the metrics themselves (`scoring.py`), the store (`store.py`).
 """
@@ -42,11 +44,22 @@ def print_summary(scores: list[TaskScores], timings: list[PhaseTiming], file=Non
     for col in SUMMARY_COLUMNS:
         value = mean.get(col)
         print(f"  {col:<18} {'-' if value is None else f'{value:.3f}'}", file=file)
+    if any(s.num_refined for s in scores):
+        print(refinement_summary(scores), file=file)
     totals = phase_totals(timings)
     whole = sum(totals.values()) or 1.0
     print("time by phase:", file=file)
     for phase, seconds in sorted(totals.items(), key=lambda kv: -kv[1]):
         print(f"  {phase:<18} {seconds:8.1f} s  {100 * seconds / whole:5.1f} %", file=file)
+
+
+def refinement_summary(scores: list[TaskScores]) -> str:
+    """One line: refined attempts, those better on train than their parent, and the tasks a refinement solved first."""
+    refined, improved = sum(s.num_refined for s in scores), sum(s.refined_improved for s in scores)
+    first = [s.task_id for s in scores if s.solved_by_refinement]
+    return (f"refinement: {refined} attempts refined a parent, {improved} improved on its train score; "
+            f"{len(first)} of {sum(s.solved_by_refinement is not None for s in scores)} solved tasks were first solved "
+            f"by a refinement{': ' + ', '.join(first) if first else ''}")
 
 
 def plot_pass_at_k(scores: list[TaskScores], path: Path) -> None:
@@ -101,7 +114,7 @@ def plot_rounds(curves: dict[str, list[float]], path: Path) -> None:
     plt.close(fig)
 
 
-def _task_section(task: Task, store: Store, predictions: list | None) -> str:
+def _task_section(task: Task, store: Store, predictions: list | None, scores: TaskScores | None) -> str:
     attempts = sorted(store.iter_attempts(task.id), key=lambda a: (-a.scores.train.correct_grids,
                                                                   -a.scores.train.pixel_score, a.code_length))
     pairs = "".join(f"<div class='pair'>{grid_html(p.input)}&rarr;{'' if p.output is None else grid_html(p.output)}</div>"
@@ -109,12 +122,17 @@ def _task_section(task: Task, store: Store, predictions: list | None) -> str:
     answers = "".join(f"<div class='pair'>test {i + 1}: {''.join(grid_html(g) for g in pair)}</div>"
                       for i, pair in enumerate(predictions or []))
     programs = "".join(
-        f"<details><summary>round {a.round}, train exact {a.scores.train.correct_grids:.2f}, "
+        f"<details><summary>round {a.round}{'' if a.parent is None else f', refines attempt {html.escape(a.parent)}'}, "
+        f"train exact {a.scores.train.correct_grids:.2f}, "
         f"pixels {a.scores.train.pixel_score:.2f}{'' if a.error is None else ', ' + html.escape(a.error)}</summary>"
         f"<pre>{html.escape(a.program or a.response)}</pre>"
         f"<div class='pair'>{''.join(grid_html(g) for g in (a.train_outputs or []) if g is not None)}</div></details>"
         for a in attempts[:NUM_PROGRAMS_SHOWN])
-    return f"<section><h2>{html.escape(task.id)}</h2>{pairs}<h3>answers</h3>{answers}<h3>best programs</h3>{programs}</section>"
+    refined = "" if scores is None or not scores.num_refined else (
+        f"<p>{scores.num_refined} attempts refined a parent, {scores.refined_improved} improved on it"
+        f"{'; first solved by a refinement' if scores.solved_by_refinement else ''}</p>")
+    return (f"<section><h2>{html.escape(task.id)}</h2>{pairs}{refined}<h3>answers</h3>{answers}"
+            f"<h3>best programs</h3>{programs}</section>")
 
 
 def write_report(out: Path, tasks: list[Task], store: Store) -> None:
@@ -128,7 +146,10 @@ def write_report(out: Path, tasks: list[Task], store: Store) -> None:
         plot_pass_at_k(scores, out / "pass_at_k.png")
     plot_rounds(best_score_by_round(store, [t.id for t in done]), out / "rounds.png")
     predictions = store.predictions()
-    body = "".join(_task_section(t, store, predictions.get(t.id)) for t in done)
+    by_id = {s.task_id: s for s in scores}
+    body = "".join(_task_section(t, store, predictions.get(t.id), by_id.get(t.id)) for t in done)
+    if any(s.num_refined for s in scores):
+        body = f"<p>{html.escape(refinement_summary(scores))}</p>" + body
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>arcsl report</title><style>
 body {{ font-family: sans-serif; margin: 16px; }} .pair {{ display: flex; gap: 8px; align-items: center; margin: 4px 0; }}
 table.grid {{ border-collapse: collapse; background: #555; }} table.grid td {{ width: 10px; height: 10px; border: 1px solid #555; padding: 0; }}

@@ -124,6 +124,9 @@ class Attempt:
     response: str = ""                         # the model's full completion text
     model_id: str = ""                         # the base model that sampled it (hub id or path), as --model gave it
     timings: dict[str, float] = field(default_factory=dict)  # seconds by phase, e.g. {"execution": 0.12}
+    message: str = ""                          # the sandbox's error text ("ValueError: ..."); "" = ran cleanly
+    key: str = ""                              # its id within the task ("round.index"), for lineage
+    parent: str | None = None                  # the key of the attempt it refines; None = a fresh sample
 
     @property
     def is_valid_code(self) -> bool:
@@ -160,7 +163,8 @@ class Attempt:
                    scores=scores, round=data.get("round", 0),
                    augmentation=None if aug is None else Augmentation.from_json(aug),
                    prompt_hash=data.get("prompt_hash", ""), response=data.get("response", ""),
-                   model_id=data.get("model_id", ""), timings=dict(data.get("timings", {})))
+                   model_id=data.get("model_id", ""), timings=dict(data.get("timings", {})),
+                   message=data.get("message", ""), key=data.get("key", ""), parent=data.get("parent"))
 
 
 def _jsonable(value: Any) -> Any:
@@ -227,6 +231,10 @@ class TaskScores:
     oracle_pass_at_n: bool | None     # one attempt is exact on every train and test grid
     solved_at_2: float | None         # Kaggle score of the selected predictions
     pass_at_k: dict[int, float] = field(default_factory=dict)  # k -> pass@k of the oracle criterion, k in curve_ks(n)
+    num_refined: int = 0              # attempts that refine another one (a parent) rather than start afresh
+    refined_improved: int = 0         # of those, the ones with a better train score than their parent
+    solved_by_refinement: bool | None = None  # the task's first solving attempt (exact on train and test; on
+    # train alone when the test outputs are unknown) was a refinement; None: never solved
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> "TaskScores":
@@ -267,7 +275,24 @@ def score_task(task: Task, attempts: Sequence[Attempt], predictions: Sequence[Se
         oracle_pass_at_n=any(oracle) if known else None,
         solved_at_2=solved_at_2(task, predictions) if known and predictions is not None else None,
         pass_at_k={k: pass_at_k(n, sum(oracle), k) for k in curve_ks(n)} if known else {},
+        **refinement_counts(attempts, oracle if known else [s.is_correct for s in train]),
     )
+
+
+def train_quality(attempt: Attempt) -> tuple[float, float]:
+    """How close an attempt is on the train pairs: its fraction of exact grids, then its pixel score."""
+    return attempt.scores.train.correct_grids, attempt.scores.train.pixel_score
+
+
+def refinement_counts(attempts: Sequence[Attempt], solved: Sequence[bool]) -> dict[str, Any]:
+    """`TaskScores`' refinement fields: attempts with a parent, those better on train than it, and whether the
+    first attempt with `solved` true was one."""
+    by_key = {a.key: a for a in attempts if a.key}
+    refined = [a for a in attempts if a.parent is not None]
+    improved = [a for a in refined if a.parent in by_key and train_quality(a) > train_quality(by_key[a.parent])]
+    first = next((a for a, ok in zip(attempts, solved) if ok), None)
+    return {"num_refined": len(refined), "refined_improved": len(improved),
+            "solved_by_refinement": None if first is None else first.parent is not None}
 
 
 # --- the metrics table --------------------------------------------------------------------------
@@ -275,7 +300,8 @@ def score_task(task: Task, attempts: Sequence[Attempt], predictions: Sequence[Se
 METRIC_COLUMNS = ("n_preds", "valid_code", "valid_outputs", "unique_outputs",
                   "train_pixel_score", "train_correct_grids", "train_pass_rate", "train_is_correct",
                   "test_pixel_score", "test_correct_grids", "test_pass_rate", "test_is_correct",
-                  "seeds_is_correct", "oracle_pass_at_n", "solved_at_2")
+                  "seeds_is_correct", "oracle_pass_at_n", "solved_at_2",
+                  "num_refined", "refined_improved", "solved_by_refinement")
 
 
 def metrics_rows(scores: Sequence[TaskScores]) -> list[dict[str, Any]]:

@@ -5,7 +5,9 @@ not None in `Attempt.test_outputs`); equal grids are one answer. Answers are ran
 
 1. train correctness of the answer's best producer: exact on every train pair, then the fraction
    of exact train grids, then the train pixel score (higher first);
-2. votes: how many distinct programs (by text) produce that grid (more first);
+2. votes: how many distinct lineages produce that grid (more first). A fresh sample's lineage is its program
+   text, so distinct programs vote once each; a refinement belongs to its parent's lineage (followed up to the
+   fresh sample it started from), so a parent and the near-copies refined from it vote once, not once each;
 3. the code length of the best producer (shorter first);
 4. the best producer's place in one order of all attempts of the task (the keys above, with an
    attempt's votes summed over the test inputs, then the attempt's index). The order is the same
@@ -34,7 +36,8 @@ FALLBACK_GRIDS = ([[0]], [[1]])
 class Choice:
     """One selected prediction for one test input."""
     grid: Grid
-    votes: int                        # distinct programs that produce this grid; 0 for a fallback
+    votes: int                        # distinct lineages (programs, refinements counted with their parent)
+    # that produce this grid; 0 for a fallback
     attempt_indices: tuple[int, ...]  # the attempts (indices into the list given) that produce it
 
     @property
@@ -61,16 +64,32 @@ def _answers(attempts: Sequence[Attempt], test_index: int) -> list[tuple[Grid, l
     return list(groups.values())
 
 
-def _votes(attempts: Sequence[Attempt], indices: list[int]) -> int:
-    return len({_program_text(attempts[j]) for j in indices})
+def lineages(attempts: Sequence[Attempt]) -> list[str]:
+    """Each attempt's lineage: the program text of the fresh sample its chain of parents starts from (its own
+    text for a fresh sample, or for a refinement whose parent is not among `attempts`)."""
+    by_key = {a.key: a for a in attempts if a.key}
+
+    def root(a: Attempt) -> Attempt:
+        seen = set()
+        while a.parent is not None and a.parent in by_key and a.key not in seen:
+            seen.add(a.key)
+            a = by_key[a.parent]
+        return a
+
+    return [_program_text(root(a)) for a in attempts]
 
 
-def _attempt_order(attempts: Sequence[Attempt], answers: list[list[tuple[Grid, list[int]]]]) -> list[int]:
+def _votes(lineage: Sequence[str], indices: list[int]) -> int:
+    return len({lineage[j] for j in indices})
+
+
+def _attempt_order(attempts: Sequence[Attempt], answers: list[list[tuple[Grid, list[int]]]],
+                   lineage: Sequence[str]) -> list[int]:
     """rank[j]: the place of attempt j in the task-wide order (rule 4), 0 = best."""
     total_votes = [0] * len(attempts)
     for per_test in answers:
         for _, indices in per_test:
-            votes = _votes(attempts, indices)
+            votes = _votes(lineage, indices)
             for j in indices:
                 total_votes[j] += votes
     order = sorted(range(len(attempts)), key=lambda j: (tuple(-x for x in _train_key(attempts[j])),
@@ -101,20 +120,21 @@ def select_attempts(task: Task, attempts: Sequence[Attempt]) -> list[list[Choice
     wrong = sorted({a.task_id for a in attempts if a.task_id != task.id})
     assert not wrong, f"task {task.id}: got attempts of other tasks: {wrong}"
     answers = [_answers(attempts, i) for i in range(len(task.test))]
-    rank = _attempt_order(attempts, answers)
+    lineage = lineages(attempts)
+    rank = _attempt_order(attempts, answers, lineage)
 
     def best_producer(indices: list[int]) -> int:
         return min(indices, key=lambda j: (tuple(-x for x in _train_key(attempts[j])), attempts[j].code_length, rank[j]))
 
     def answer_key(answer: tuple[Grid, list[int]]) -> tuple:
         best = best_producer(answer[1])
-        return (tuple(-x for x in _train_key(attempts[best])), -_votes(attempts, answer[1]),
+        return (tuple(-x for x in _train_key(attempts[best])), -_votes(lineage, answer[1]),
                 attempts[best].code_length, rank[best])
 
     selected = []
     for i, pair in enumerate(task.test):
         ranked = sorted(answers[i], key=answer_key)[:NUM_ATTEMPTS]
-        choices = [Choice(grid, _votes(attempts, indices), tuple(indices)) for grid, indices in ranked]
+        choices = [Choice(grid, _votes(lineage, indices), tuple(indices)) for grid, indices in ranked]
         selected.append(choices + _fallbacks(pair.input, [c.grid for c in choices], NUM_ATTEMPTS - len(choices)))
     return selected
 

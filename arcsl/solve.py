@@ -45,6 +45,7 @@ from arcsl.grids import Task, load_dataset
 from arcsl.loop import (LoopSettings, PhaseEvent, RoundDone, TaskDone, TaskFailed, TaskResult, TaskStarted,
                         check_adapters, conclude, run_tasks)
 from arcsl.prompting import PromptFormat
+from arcsl.refine import check_refinement
 from arcsl.scheduler import DeadlinePlanner, Scheduler
 from arcsl.scoring import metrics_rows
 from arcsl.store import Store, export_attempts_jsonl, export_metrics_csv, open_store
@@ -130,6 +131,7 @@ def solve(cfg: SolveConfig, prompt_format: PromptFormat, engine=None, started: f
     if prompt_format.name != cfg.loop.prompt_format:
         raise ValueError(f"the prompt format given ({prompt_format.name!r}) is not the one the config names "
                          f"({cfg.loop.prompt_format!r})")
+    check_refinement(cfg.loop, prompt_format)  # before anything is loaded or written
     started = time.monotonic() if started is None else started
     previous = signal.signal(signal.SIGTERM, _interrupt) if threading.current_thread() is threading.main_thread() \
         else None

@@ -17,6 +17,8 @@ Schema (version SCHEMA_VERSION, kept in PRAGMA user_version; see SCHEMA below):
 - tasks: task_id, status running/finished, times, the TaskScores and the selected predictions (JSON);
 - attempts: one row per attempt; the scores are plain columns so SQL can filter and average them;
 - phase_timings: (task, round, phase, seconds), filled by the loop.
+Version 2 added the attempts' error text, key and parent (refinement's lineage); a version-1 store is brought
+up to date when opened, its old attempts with no key or parent.
 
 What is not covered: computing scores (`scoring.py`), choosing predictions (`selection.py`).
 """
@@ -37,7 +39,9 @@ from arcsl.config import config_changes
 from arcsl.grids import Grid, make_grid
 from arcsl.scoring import Attempt, TaskScores, metrics_rows
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# columns added since version 1, with their SQL (a version-1 store gains them when opened: `_migrate`)
+ADDED_COLUMNS = {2: ("message TEXT NOT NULL DEFAULT ''", "key TEXT NOT NULL DEFAULT ''", "parent TEXT")}
 BUSY_TIMEOUT_S = 60.0
 
 SCHEMA = """
@@ -75,7 +79,10 @@ CREATE TABLE attempts (
     test_is_correct INTEGER,
     model_id TEXT NOT NULL,
     timings TEXT NOT NULL,                   -- JSON {phase: seconds}
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    message TEXT NOT NULL DEFAULT '',        -- the sandbox's error text; '' = ran cleanly
+    key TEXT NOT NULL DEFAULT '',            -- the attempt's id within its task ("round.index")
+    parent TEXT                              -- the key of the attempt it refines; NULL = a fresh sample
 );
 CREATE INDEX attempts_by_task ON attempts (task_id);
 CREATE TABLE phase_timings (
@@ -92,7 +99,7 @@ CREATE INDEX phase_timings_by_task ON phase_timings (task_id);
 ATTEMPT_COLUMNS = ("task_id", "round", "augmentation", "prompt_hash", "response", "program", "error",
                    "train_outputs", "test_outputs", "output_fingerprint", "train_pixel_score",
                    "train_correct_grids", "train_is_correct", "test_pixel_score", "test_correct_grids",
-                   "test_is_correct", "model_id", "timings", "created_at")
+                   "test_is_correct", "model_id", "timings", "created_at", "message", "key", "parent")
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +122,7 @@ def _attempt_row(a: Attempt, now: float) -> tuple:
             None if a.test_outputs is None else _dumps(data["test_outputs"]), a.output_fingerprint,
             a.scores.train.pixel_score, a.scores.train.correct_grids, a.scores.train.is_correct,
             None if test is None else test.pixel_score, None if test is None else test.correct_grids,
-            None if test is None else test.is_correct, a.model_id, _dumps(a.timings), now)
+            None if test is None else test.is_correct, a.model_id, _dumps(a.timings), now, a.message, a.key, a.parent)
 
 
 def _attempt_from_row(row: sqlite3.Row) -> Attempt:
@@ -133,7 +140,8 @@ def _attempt_from_row(row: sqlite3.Row) -> Attempt:
         "train_outputs": loads(row["train_outputs"]), "test_outputs": loads(row["test_outputs"]),
         "scores": {"train": split("train"), "test": split("test")}, "round": row["round"],
         "augmentation": loads(row["augmentation"]), "prompt_hash": row["prompt_hash"], "response": row["response"],
-        "model_id": row["model_id"], "timings": loads(row["timings"])})
+        "model_id": row["model_id"], "timings": loads(row["timings"]), "message": row["message"], "key": row["key"],
+        "parent": row["parent"]})
 
 
 class Store:
@@ -282,6 +290,8 @@ def _ensure_schema(db: sqlite3.Connection, path: Path) -> None:
                 if statement.strip():
                     db.execute(statement)
             db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        elif 1 <= version < SCHEMA_VERSION:  # an older arcsl's store
+            _migrate(db, version)
         elif version != SCHEMA_VERSION:
             raise ValueError(f"{path}: results store has schema version {version}; "
                              f"this arcsl reads version {SCHEMA_VERSION}")
@@ -289,6 +299,15 @@ def _ensure_schema(db: sqlite3.Connection, path: Path) -> None:
         db.execute("ROLLBACK")
         raise
     db.execute("COMMIT")
+
+
+def _migrate(db: sqlite3.Connection, version: int) -> None:
+    """Bring a store of an older schema version to this one, inside the caller's transaction: the columns added
+    since, with their defaults (an old attempt has no message, key or parent)."""
+    for v in range(version + 1, SCHEMA_VERSION + 1):
+        for column in ADDED_COLUMNS.get(v, ()):
+            db.execute(f"ALTER TABLE attempts ADD COLUMN {column}")
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
 def open_store(path: Path, resume: bool = False, config: dict[str, Any] | None = None) -> Store:

@@ -5,6 +5,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from arcsl.engine.types import ChatPrompt, Completion, SampleResult, SampleStats
+from arcsl.prompting import BARC_REFINE_INTRO
 
 
 def fenced(program: str) -> str:
@@ -39,7 +40,8 @@ class FakeClock:
 @dataclass
 class ScriptedEngine:
     """Answers each prompt with its script, chosen by the number of train examples the prompt shows, starting at
-    the prompt's seed (as a real engine, a prompt's samples depend on its own seed alone).
+    the prompt's seed (as a real engine, a prompt's samples depend on its own seed alone). A refine prompt (BARC's)
+    is answered from `refine_scripts` by the same rule, when given.
 
     With a `clock`, each sample() call takes `sample_s` (its samples finish one after another, prompt by prompt;
     a call given `stop_at` ends there with those finished) and each finetune() call `finetune_s` of its time, in
@@ -52,6 +54,7 @@ class ScriptedEngine:
     still decoding (AssertionError if it never does); without it, the hooks are ignored, as a remote engine may.
     """
     scripts: dict[int, list[str]]
+    refine_scripts: dict[int, list[str]] = field(default_factory=dict)
     clock: FakeClock | None = None
     sample_s: float = 0.0
     finetune_s: float = 0.0
@@ -88,7 +91,8 @@ class ScriptedEngine:
         out = []
         for p, prompt_seed in zip(prompts, seeds, strict=True):
             text = p.messages[-1]["content"] if isinstance(p, ChatPrompt) else p
-            script = self.scripts[text.count("\nExample ")]
+            scripts = self.refine_scripts if BARC_REFINE_INTRO in text and self.refine_scripts else self.scripts
+            script = scripts[text.count("\nExample ")]
             drawn = min(cfg.num_samples, max(0, kept - len(out) * cfg.num_samples))  # prompt by prompt
             out.append([Completion(script[(prompt_seed + i) % len(script)], 10, "stop") for i in range(drawn)])
             if self.streams:

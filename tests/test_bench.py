@@ -115,3 +115,14 @@ def test_the_training_benchmark_runs_in_tiny_mode(capsys):
     assert [r.get("packing") for r in result["rows"][3:]] == [False, True]
     assert all(r["tokens_s"] > 0 for r in result["rows"]) and result["rows"][1]["checkpointed"] == "8"
     assert last_json_line(capsys)["bench"] == "training"
+
+
+def test_the_refine_benchmark_runs_in_tiny_mode(capsys):
+    result = load("bench_refine").main(["--tiny"])
+    assert not result["errors"]
+    fresh, refine, mixed = result["cases"]
+    assert [c["case"] for c in result["cases"]] == ["fresh", "refine", "mixed"]
+    assert all(c["programs"] == 4 and c["warm"]["num_output_tokens"] == 4 * 8 for c in result["cases"])
+    assert fresh["prompt_tokens"] < mixed["prompt_tokens"] < refine["prompt_tokens"]  # parent and feedback shown
+    assert set(result["refine_over_fresh"]) == {"total", "prefill", "decode"} and "within_target" in result
+    assert last_json_line(capsys)["bench"] == "refine"

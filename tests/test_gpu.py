@@ -99,3 +99,27 @@ def test_without_a_cap_a_short_micro_batch_trains_plain():
     stats = e.finetune([random_example(512, 64, torch.Generator().manual_seed(0))] * 2,
                        FinetuneConfig(max_seq_len=512, max_tokens_per_micro_batch=1024))
     assert (stats.num_checkpointed, stats.num_oom_retries) == (0, 0)
+
+
+def test_a_kept_decoder_decodes_longer_prompts_than_before_as_a_new_one_does():
+    """A decoder kept from a call of short prompts grows its prompt cache for longer ones (refine prompts are
+    about twice a task's prompt); its graphs are captured again in a new pool (capturing into the old pool,
+    freed with its graphs, failed an internal assert of torch's allocator on 2026-12-08)."""
+    from arcsl.engine.hf import HFEngine
+    from tiny_lm import tiny_llama, tiny_tokenizer
+
+    tokenizer = tiny_tokenizer()
+
+    def tiny_gpu_engine() -> HFEngine:
+        return HFEngine(tiny_llama(tokenizer).to("cuda"), tokenizer, ModelConfig(model="tiny", lora_rank=4,
+                                                                                training_kernels="none"))
+
+    short, long = ["Black Blue Red " * 4] * 2, ["Green Black Yellow " * 60, "Blue Red " * 90]
+    greedy = SamplingConfig(num_samples=2, temperature=0.0, max_new_tokens=24, ignore_eos=True)
+    kept = tiny_gpu_engine()
+    kept.sample(short, greedy)
+    grown = kept.sample(long, greedy).completions
+    fresh = tiny_gpu_engine().sample(long, greedy).completions
+    assert len(kept.codec.encode_prompt(long[0])) > 256  # past the short prompts' cache bucket
+    assert [[c.text for c in cs] for cs in grown] == [[c.text for c in cs] for cs in fresh]
+    assert all(c.text for cs in grown for c in cs)

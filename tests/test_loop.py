@@ -392,6 +392,86 @@ def test_splitting_a_calls_results_back_checks_the_counts():
         split_by_counts([1, 2, 3, 4, 5], [2, 4], "completions by task")
 
 
+# --- refinement ---------------------------------------------------------------------------------
+
+def test_refine_programs_spend_part_of_later_rounds_refining_and_only_refinement_solves_here(tasks, pool):
+    """The scripted model writes the identity or crashes when sampling afresh and the right program only when it
+    refines: search-and-learn alone never solves the task; with refinement the first refined round does."""
+    scripts, refined = {4: [IDENTITY, CRASH, NO_CODE]}, {4: [ROTATE_180]}
+    without = search_and_learn(tasks["3c9b0459"], ScriptedEngine(scripts, refined), pool,
+                               settings(max_rounds=2, stop="one-solution"))
+    assert not without.scores.train_is_correct and without.scores.num_refined == 0
+    engine = ScriptedEngine(scripts, refined)
+    result = search_and_learn(tasks["3c9b0459"], engine, pool,
+                              settings(max_rounds=2, stop="one-solution", refine_programs=4))
+    assert result.stop_reason == "solved" and [r.num_programs for r in result.rounds] == [8, 8]
+    children = [a for a in result.attempts if a.parent is not None]
+    assert len(children) == 4 and all(a.round == 1 and a.program and "rot90" in a.program for a in children)
+    parent = {a.key: a for a in result.attempts}[children[0].parent]
+    assert parent.round == 0 and parent.error is None  # the best attempt: the identity, not a crash
+    assert children[0].augmentation == parent.augmentation  # refined in the view its parent was sampled in
+    assert result.scores.num_refined == 4 and result.scores.refined_improved == 4
+    assert result.scores.solved_by_refinement is True
+    refine_prompts = [p for p in engine.prompts if "Here is a Python program" in p.messages[-1]["content"]]
+    assert len(refine_prompts) == 1 and "return input_grid" in refine_prompts[0].messages[-1]["content"]
+
+
+def test_refine_programs_zero_gives_the_attempts_of_a25482b_bit_for_bit(tasks, pool):
+    """The digest of every attempt, answer and fine-tuning example of a scripted run, computed on main at a25482b
+    (before refinement existed) with the same script: refine_programs 0 changes nothing."""
+    import hashlib
+    import json
+
+    engine = ScriptedEngine({3: [SCALE_2, IDENTITY, CRASH, NO_CODE], 4: [IDENTITY, ROTATE_180_LONG, CRASH]},
+                            num_adapters=2)
+    events = drive([tasks["c59eb873"], tasks["3c9b0459"]], engine, pool, settings(refine_programs=0),
+                   tasks_in_flight=2)
+    h = hashlib.sha256()
+    for e in events:
+        if isinstance(e, TaskDone):
+            for a in e.result.attempts:
+                h.update(json.dumps([a.task_id, a.round, a.prompt_hash, a.response, a.output_fingerprint, a.error,
+                                     a.augmentation.to_json() if a.augmentation else None]).encode())
+            h.update(json.dumps([[g.tolist() for g in p] for p in e.result.predictions]).encode())
+    h.update(json.dumps([[list(map(str, ex)) for ex in call] for call in engine.finetuned]).encode())
+    assert h.hexdigest()[:16] == "920f81ba7ba5c7f5"
+
+
+def test_refinements_are_learnt_in_hindsight_as_refine_prompts_of_their_parent(tasks, pool):
+    engine = ScriptedEngine({4: [IDENTITY, CRASH]}, {4: [ROTATE_180_LONG, CRASH]})
+    search_and_learn(tasks["3c9b0459"], engine, pool,
+                     settings(max_rounds=2, refine_programs=4, augment_dihedral=False, augment_colors="none"))
+    assert len(engine.finetuned) == 2  # round 1 learns the fresh identity; round 2 its refinement too
+    refine_examples = [(p, c) for p, c in engine.finetuned[1] if "Here is a Python program" in p.messages[-1]["content"]]
+    assert [c for _, c in refine_examples] == [ROTATE_180_LONG]
+    text = refine_examples[0][0].messages[-1]["content"]
+    assert "return input_grid\n```" in text  # the parent: the identity
+    # relabelled to the child's outputs, which here are the task's own: the parent's output differs in cells
+    assert "It differs from the expected output" in text
+
+
+def test_refine_per_parent_caps_how_often_one_behaviour_is_refined(tasks, pool):
+    engine = ScriptedEngine({4: [IDENTITY]}, {4: [IDENTITY]})
+    result = search_and_learn(tasks["3c9b0459"], engine, pool,
+                              settings(max_rounds=3, refine_programs=4, refine_per_parent=2))
+    # one behaviour (the identity's outputs): refined in rounds 1 and 2, then fresh samples only
+    assert [sum(a.parent is not None for a in result.attempts if a.round == r) for r in range(4)] == [0, 4, 4, 0]
+    assert [r.num_programs for r in result.rounds] == [8, 8, 8, 8]
+
+
+def test_refinement_with_a_format_that_has_none_is_refused_naming_the_flag():
+    with pytest.raises(ValueError, match=r"--refine-programs 4: the prompt format 'plain' has no refine prompt"):
+        LoopSettings(LoopConfig(refine_programs=4, samples_per_view=4, programs_per_round=8), RelabelConfig(),
+                     SamplingConfig(), FinetuneConfig(), dataclasses.replace(prompt_format("barc"), name="plain",
+                                                                             refine=None))
+    with pytest.raises(ValueError, match="refine_programs must be a multiple of samples_per_view"):
+        LoopConfig(refine_programs=6, samples_per_view=4)
+    with pytest.raises(ValueError, match="refine_programs must be .* to programs_per_round"):
+        LoopConfig(refine_programs=16, samples_per_view=4, programs_per_round=8)
+    with pytest.raises(ValueError, match="refine_per_parent must be >= 1"):
+        LoopConfig(refine_per_parent=0)
+
+
 SETTING_TESTS = {  # LoopConfig field -> the test that shows it does what its help says
     "initial_programs": test_programs_and_samples_per_view_set_the_programs_of_each_round,
     "programs_per_round": test_programs_and_samples_per_view_set_the_programs_of_each_round,
@@ -405,6 +485,8 @@ SETTING_TESTS = {  # LoopConfig field -> the test that shows it does what its he
     "augment_train_order": test_augment_train_order_shuffles_the_train_pairs_or_not,
     "seed": test_seed_chooses_the_views_and_the_samples_and_the_same_seed_repeats_them,
     "task_group_size": test_task_group_size_makes_tasks_learn_together_in_one_adapter_fine_tuned_once_a_round,
+    "refine_programs": test_refine_programs_spend_part_of_later_rounds_refining_and_only_refinement_solves_here,
+    "refine_per_parent": test_refine_per_parent_caps_how_often_one_behaviour_is_refined,
 }
 
 

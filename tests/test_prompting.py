@@ -184,3 +184,44 @@ def test_blank_and_bare_blocks_do_not_stop_sampling():
 
 def test_the_module_doctest_passes():
     assert doctest.testmod(prompting).failed == 0
+
+
+# --- refine prompts -------------------------------------------------------------------------------
+
+def test_barc_refine_prompt_is_the_task_then_the_program_then_what_it_did_golden():
+    from arcsl.grids import Pair, Task, make_grid
+    from arcsl.prompting import BARC_ASSISTANT_PREFIX, BARC_FORMAT, BARC_SYSTEM, Feedback
+
+    view = Task("r", (Pair(make_grid([[0, 1], [1, 0]]), make_grid([[1, 1], [1, 0]])),
+                      Pair(make_grid([[2]]), make_grid([[3]])), Pair(make_grid([[4]]), make_grid([[4]]))),
+                (Pair(make_grid([[0]])),))
+    produced = Feedback((make_grid([[0, 1], [1, 0]]), make_grid([[3, 3]]), make_grid([[4]])))
+    prompt = BARC_FORMAT.refine(view, "def transform(g):\n    return g", produced)
+    assert prompt.messages[0] == {"role": "system", "content": BARC_SYSTEM}
+    assert prompt.assistant_prefix == BARC_ASSISTANT_PREFIX
+    assert prompt.messages[1]["content"] == (
+        "Given input-output grid pairs as reference examples, carefully observe the patterns to predict the output "
+        "grid for new test input. Each pair follows the same transformation rule. Grids are 2D arrays represented as "
+        "strings, with cells (colors) separated by spaces and rows by newlines.\n"
+        "Here are the input and output grids for the reference examples:\n"
+        "Example 1\nInput:\nBlack Blue\nBlue Black\n\nOutput:\nBlue Blue\nBlue Black\n\n\n"
+        "Example 2\nInput:\nRed\n\nOutput:\nGreen\n\n\n"
+        "Example 3\nInput:\nYellow\n\nOutput:\nYellow\n\n\n"
+        "Here is the input grid for the test example:\nInput:\nBlack\n\n"
+        "Here is a Python program that was written to solve this puzzle:\n"
+        "```python\ndef transform(g):\n    return g\n```\n\n"
+        "On example 1 it produced:\nBlack Blue\nBlue Black\n"
+        "It differs from the expected output in 1 of 4 cells, marked X (. is a correct cell):\nX .\n. .\n\n"
+        "On example 2 it produced:\nGreen Green\nThis grid is 1x2; the expected output is 1x1.\n\n"
+        "On example 3 it produced:\nYellow\nThis is the expected output.\n\n"
+        "The program is not correct. Write a corrected Python function `transform` that converts every input grid "
+        "of the reference examples to its output grid.")
+    failed = BARC_FORMAT.refine(view, "def transform(g):\n    return g\n", Feedback(None, "ValueError: bad"))
+    assert failed.messages[1]["content"].endswith(
+        "```python\ndef transform(g):\n    return g\n```\n\n"
+        "Running it failed with this error:\nValueError: bad\n\n"
+        "The program is not correct. Write a corrected Python function `transform` that converts every input grid "
+        "of the reference examples to its output grid.")
+    no_grid = BARC_FORMAT.refine(view, "x = 1\n", Feedback((None, make_grid([[3]]), make_grid([[4]]))))
+    assert "On example 1 it produced no grid.\n\nOn example 2 it produced:\nGreen\nThis is the expected output." \
+        in no_grid.messages[1]["content"]

@@ -132,7 +132,61 @@ def test_every_relabel_setting_has_a_test_here():
 
 
 @pytest.mark.parametrize("bad", [dict(relabel_rounds="first"), dict(example_order="shortest-first"),
-                                 dict(max_examples=0), dict(max_examples=-2)])
+                                 dict(max_examples=0), dict(max_examples=-2), dict(refine_examples=-2)])
 def test_bad_relabel_settings_are_refused(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):
         RelabelConfig(**bad)
+
+
+# --- refinement in hindsight ----------------------------------------------------------------------
+
+def child_of(parent: Attempt, train_outputs, key: str, program: str = "c", round_: int = 1) -> Attempt:
+    a = attempt(train_outputs, program=program, round_=round_, aug=parent.augmentation)
+    return dataclasses.replace(a, key=key, parent=parent.key)
+
+
+def refinements(attempts, round_=1, trained=frozenset(), **cfg) -> list[tuple[str, str]]:
+    from arcsl.relabel import refinement_set
+    chosen = refinement_set(TASK, attempts, round_, set(trained), RelabelConfig(**cfg), np.random.default_rng(0))
+    return [(p.key, c.key) for p, c in chosen]
+
+
+def test_a_refined_attempt_whose_outputs_differ_from_its_parents_is_a_refinement_example():
+    parent = dataclasses.replace(attempt(WRONG, program="p"), key="0.0")
+    same = child_of(parent, WRONG, "1.0")        # nothing refined: the parent's outputs
+    better = child_of(parent, NEAR, "1.1")
+    crashed = dataclasses.replace(child_of(parent, None, "1.2"), error="exception", test_outputs=None)
+    fresh = dataclasses.replace(attempt(FAR, round_=1), key="1.3")  # no parent
+    assert refinements([parent, same, better, crashed, fresh]) == [("0.0", "1.1")]
+
+
+def test_refinement_examples_follow_the_round_and_trained_rules_and_refine_examples_caps_them():
+    from arcsl.relabel import refinement_key
+    parent = dataclasses.replace(attempt(WRONG, program="p"), key="0.0")
+    old = child_of(parent, FAR, "1.0", round_=1)
+    near, solved = child_of(parent, NEAR, "2.0", round_=2), child_of(parent, SOLVED, "2.1", round_=2)
+    attempts = [parent, old, near, solved]
+    assert refinements(attempts, round_=2) == [("0.0", "2.0"), ("0.0", "2.1")]  # worst first
+    assert refinements(attempts, round_=2, relabel_rounds="all") == [("0.0", "1.0"), ("0.0", "2.0"), ("0.0", "2.1")]
+    assert refinements(attempts, round_=2, refine_examples=1) == [("0.0", "2.1")]  # the best kept
+    assert refinements(attempts, round_=2, refine_examples=0) == []
+    assert refinements(attempts, round_=2, trained={refinement_key(parent, solved)}) == [("0.0", "2.0")]
+    same_output = child_of(parent, NEAR, "2.2", program="a longer child")  # one example per distinct output
+    assert refinements(attempts + [same_output], round_=2) == [("0.0", "2.0"), ("0.0", "2.1")]
+
+
+def test_a_refinement_example_is_the_parents_refine_prompt_on_the_task_relabelled_to_the_child():
+    from arcsl.prompting import BARC_FORMAT
+    from arcsl.relabel import refinement_examples
+    aug = Augmentation(dihedral=1, train_order=(1, 2, 0))
+    parent = dataclasses.replace(attempt(IDENTITY, program="def transform(g):\n    return g\n", aug=aug), key="0.0")
+    child = dataclasses.replace(child_of(parent, NEAR, "1.0"), response="the child's response")
+    [(prompt, completion)] = refinement_examples(TASK, [(parent, child)], BARC_FORMAT, prune_programs=False)
+    assert completion == "the child's response"
+    relabelled = relabelled_task(TASK, child)
+    text = prompt.messages[-1]["content"]
+    # the expected outputs shown are the child's, in the view; the parent's (identity) outputs are its inputs
+    assert text.startswith(barc_prompt(relabelled).messages[-1]["content"].split("Here is the input grid")[0])
+    assert "return g\n```" in text
+    first_shown = relabelled.train[0]
+    assert f"On example 1 it produced:\n{grid_to_barc(first_shown.input)}" in text

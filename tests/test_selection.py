@@ -104,3 +104,15 @@ def test_an_unusable_grid_for_one_test_input_leaves_the_other_input_a_candidate(
 def test_every_test_input_gets_exactly_two_predictions():
     chosen = select_attempts(TASK_2TESTS, [attempt(X, Y, program=str(i), task=TASK_2TESTS) for i in range(3)])
     assert [len(c) for c in chosen] == [2, 2]
+
+
+def test_a_refinement_votes_with_its_parents_lineage_not_on_its_own():
+    import dataclasses
+    parent = dataclasses.replace(attempt(X, program="parent"), key="0.0")
+    child = dataclasses.replace(attempt(X, program="child"), key="1.0", parent="0.0")
+    grandchild = dataclasses.replace(attempt(X, program="grandchild"), key="2.0", parent="1.0")
+    others = [dataclasses.replace(attempt(Y, program=p), key=k) for p, k in (("b", "0.1"), ("c", "0.2"))]
+    first, second = select_attempts(TASK, [parent, child, grandchild, *others])[0]
+    assert same(first.grid, Y) and first.votes == 2 and second.votes == 1  # three programs of X, one lineage
+    alone = [dataclasses.replace(a, parent=None) for a in (parent, child, grandchild)]  # as fresh samples: 3 votes
+    assert same(select_attempts(TASK, [*alone, *others])[0][0].grid, X)

@@ -496,3 +496,72 @@ SETTING_TESTS = {  # RunConfig field -> the test that shows it does what its hel
 
 def test_every_run_setting_has_a_test():
     assert set(SETTING_TESTS) == {f.name for f in dataclasses.fields(RunConfig)}
+
+
+# --- refinement ---------------------------------------------------------------------------------
+
+REFINE_SCRIPTS = {3: [IDENTITY, CRASH], 4: [IDENTITY, NO_CODE]}  # fresh samples never solve
+REFINED = {3: [SCALE_2, CRASH], 4: [ROTATE_180, IDENTITY]}      # refinements do
+
+
+def refine_config(tmp_path, dataset, **run):
+    return config(tmp_path, dataset, loop=dict(max_rounds=2, refine_programs=4, task_group_size=2, stop="never"),
+                  tasks_in_flight=2, **run)
+
+
+def lineage(out: Path) -> dict[str, list]:
+    with open_store(out / "results.sqlite", resume=True) as store:
+        return {t: [(a.key, a.parent, a.round, a.prompt_hash, a.response, a.error) for a in store.attempts(t)]
+                for t in TASK_IDS}
+
+
+def test_refinement_runs_with_task_groups_and_a_deadline_and_reports_what_it_did(tmp_path, dataset, capsys):
+    solve(refine_config(tmp_path, dataset, deadline_s=3600.0),
+          engine=ScriptedEngine(REFINE_SCRIPTS, REFINED, num_adapters=1))
+    import csv
+    # c59eb873: the identity is refined in round 1, the crash in round 2; 3c9b0459: the identity in round 1, and
+    # in round 2 nothing is left to refine (the identity's one refinement is spent, the rest have no program)
+    children = {t: [(key, parent) for key, parent, *_ in attempts if parent is not None]
+                for t, attempts in lineage(tmp_path / "run").items()}
+    assert {t: len(c) for t, c in children.items()} == {"c59eb873": 8, "3c9b0459": 4}
+    keys = {t: {key for key, *_ in attempts} for t, attempts in lineage(tmp_path / "run").items()}
+    assert all(parent in keys[t] for t, c in children.items() for _, parent in c)
+    rows = {r["task_id"]: r for r in csv.DictReader((tmp_path / "run" / "metrics.csv").open())}
+    assert [(rows[t]["num_refined"], rows[t]["solved_by_refinement"]) for t in TASK_IDS] == [("8", "1"), ("4", "1")]
+    assert "first solved by a refinement" in (tmp_path / "run" / "report.html").read_text()
+    assert "refinement: 12 attempts refined a parent" in capsys.readouterr().out
+
+
+def test_a_resumed_run_with_refinement_gives_the_uninterrupted_runs_attempts(tmp_path, dataset):
+    solve(refine_config(tmp_path / "whole", dataset), engine=ScriptedEngine(REFINE_SCRIPTS, REFINED, num_adapters=1))
+    killed = ScriptedEngine(REFINE_SCRIPTS, REFINED, num_adapters=1, failures={("finetune", 1): KeyboardInterrupt()})
+    with pytest.raises(KeyboardInterrupt):
+        solve(refine_config(tmp_path / "cut", dataset), engine=killed)
+    solve(refine_config(tmp_path / "cut", dataset, resume=True),
+          engine=ScriptedEngine(REFINE_SCRIPTS, REFINED, num_adapters=1))
+    assert lineage(tmp_path / "cut" / "run") == lineage(tmp_path / "whole" / "run")
+
+
+def test_refinement_with_a_format_without_refine_prompts_is_refused_before_anything_is_written(tmp_path, dataset):
+    cfg = refine_config(tmp_path, dataset)
+    plain = dataclasses.replace(prompt_format("barc"), refine=None)
+    with pytest.raises(ValueError, match="--refine-programs 4: the prompt format 'barc' has no refine prompt"):
+        arcsl.solve.solve(cfg, plain, engine=ScriptedEngine(REFINE_SCRIPTS))
+    assert not (tmp_path / "run").exists()
+
+
+def test_arcsl_finetune_learns_a_runs_refinements_as_refine_prompts_unless_refine_examples_is_0(tmp_path, dataset):
+    from arcsl.catalog import PROMPT_FORMATS
+    from arcsl.config import OfflineConfig, RelabelConfig
+    from arcsl.offline import examples_from_runs
+
+    solve(refine_config(tmp_path, dataset), engine=ScriptedEngine(REFINE_SCRIPTS, REFINED, num_adapters=1))
+    offline = OfflineConfig(from_run=[str(tmp_path / "run")], examples_per_task=-1)
+
+    def refine_prompts(relabel: RelabelConfig) -> int:
+        examples, _, _ = examples_from_runs(offline.from_run, offline, relabel, PROMPT_FORMATS)
+        return sum("Here is a Python program" in p.messages[-1]["content"] for p, _ in examples)
+
+    assert refine_prompts(RelabelConfig()) >= 2  # a refinement that changed the outputs, per task
+    assert refine_prompts(RelabelConfig(refine_examples=1)) == 2
+    assert refine_prompts(RelabelConfig(refine_examples=0)) == 0

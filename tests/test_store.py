@@ -131,6 +131,37 @@ def test_each_start_and_resume_logs_its_config(tmp_path):
                                                                          (True, {"lr": 2e-4})]
 
 
+def test_a_refined_attempts_lineage_and_error_text_come_back_from_the_store(tmp_path):
+    import dataclasses
+    with open_store(tmp_path / "run.db") as store:
+        store.start_task("t1")
+        parent = dataclasses.replace(attempt(program="a"), key="0.0", error="exception", message="ValueError: no")
+        child = dataclasses.replace(attempt(program="b", round=1), key="1.0", parent="0.0")
+        store.add_attempts([parent, child])
+        back = store.attempts("t1")
+        assert [(a.key, a.parent, a.message) for a in back] == [("0.0", None, "ValueError: no"), ("1.0", "0.0", "")]
+
+
+def test_a_version_1_store_is_brought_up_to_date_and_keeps_its_attempts(tmp_path):
+    import re
+    from arcsl.store import ADDED_COLUMNS, SCHEMA
+    old_schema = re.sub(r",\n    message TEXT.*?\n(?=\);)", "\n", SCHEMA, flags=re.S)  # version 1: no lineage
+    assert "parent" not in old_schema and len(ADDED_COLUMNS[2]) == 3
+    db = sqlite3.connect(tmp_path / "run.db")
+    db.executescript(old_schema + "PRAGMA user_version = 1;")
+    db.execute("INSERT INTO tasks (task_id, status, started_at) VALUES ('t1', 'running', 0)")
+    db.execute("INSERT INTO attempts (task_id, round, prompt_hash, response, output_fingerprint, train_pixel_score, "
+               "train_correct_grids, train_is_correct, model_id, timings, created_at) "
+               "VALUES ('t1', 0, 'h', 'r', 'f', 0.5, 0, 0, 'm', '{}', 0)")
+    db.commit()
+    db.close()
+    with open_store(tmp_path / "run.db", resume=True) as store:
+        [old] = store.attempts("t1")
+        assert (old.response, old.key, old.parent, old.message) == ("r", "", None, "")
+        store.add_attempts([attempt()])
+    assert sqlite3.connect(tmp_path / "run.db").execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+
+
 def test_a_store_of_another_schema_version_is_refused_naming_the_file(tmp_path):
     open_store(tmp_path / "run.db").close()
     sqlite3.connect(tmp_path / "run.db").execute("PRAGMA user_version = 99")

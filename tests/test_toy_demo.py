@@ -126,3 +126,19 @@ def test_the_transfer_tasks_are_out_of_distribution_and_disjoint_from_the_demos(
     assert all(8 <= t.num_calls <= 16 for t in tasks)  # pretraining had 1-5 calls
     demo_grids = {p.input.tobytes() for t in demo_tasks() for p in t.task.train + t.task.test}
     assert not demo_grids & {p.input.tobytes() for t in tasks for p in t.task.train + t.task.test}
+
+
+def test_the_refinement_experiments_fresh_sets_are_new_out_of_distribution_tasks_per_seed(tmp_path):
+    from arcsl.grids import load_tasks
+    from arcsl.toy.refine_experiment import ArmOutcome, arm_configs, fresh_tasks_file, table
+
+    zero, one = (load_tasks(str(fresh_tasks_file(seed, tmp_path / str(seed)))).tasks for seed in (0, 1))
+    assert len(zero) == 8 and len({t.id for t in zero}) == 8
+    assert not any(a.train[0].output.tobytes() == b.train[0].output.tobytes() for a, b in zip(zero, one))
+    arms = arm_configs(demo_config(), 8)
+    assert arms["search alone"].loop.total_programs == arms["+ refinement"].loop.total_programs == 128
+    assert arms["+ refinement"].loop.refine_programs == 8 and arms["search-and-learn"].loop.refine_programs == 0
+    assert arms["+ refinement, not learnt"].relabel.refine_examples == 0
+    outcome = {a: ArmOutcome(["x"], []) for a in arms}
+    text = table({("demo", 0): outcome, ("demo", 1): outcome | {"search alone": ArmOutcome([], [])}})
+    assert "| **demo, total** | | **1** | **2** | **2** | **2** |" in text and "both missed: none" in text

@@ -170,3 +170,18 @@ def test_tasks_in_flight_auto_stays_within_the_adapters_a_gpus_memory_holds(tmp_
     assert capped < count  # --gpu-memory-gb is the memory
     assert gpu_adapter_limit(model, None) == (None, "GPU memory unknown here")  # a Ray cluster's GPUs
     assert gpu_adapter_limit(ModelConfig(model=str(tmp_path)), 2**30)[0] is None  # no config.json here
+
+
+def test_refinement_in_two_workers_gives_the_attempts_and_lineage_of_one(model_dir, tmp_path):
+    """The toy format reads every completion as a program, so the tiny model's crashing ones become parents."""
+    refine = ["--prompt-format", "toy", "--refine-programs", "2", "--tasks-in-flight", "2"]
+    assert main(solve_args(model_dir, tmp_path / "one", 1, *refine)) == 0
+    assert main(solve_args(model_dir, tmp_path / "two", 2, *refine)) == 0
+
+    def lineage(out) -> dict[str, list]:
+        with open_store(out / "results.sqlite", resume=True) as store:
+            return {t.id: [(a.key, a.parent, a.prompt_hash, a.response) for a in store.attempts(t.id)] for t in TASKS}
+
+    one = lineage(tmp_path / "one")
+    assert lineage(tmp_path / "two") == one
+    assert all(sum(parent is not None for _, parent, _, _ in attempts) == 2 for attempts in one.values())

@@ -260,6 +260,8 @@ class SharedPrefixDecoder:
         if cap > self.prompt_capacity:  # grow; the graphs read the old buffers, so they go too
             self.graphs.clear()
             self.pool_bytes = 0  # the pool is freed with its last graph
+            # and its handle may not be captured into again (torch asserts "use_count > 0"): a new pool
+            self.pool = torch.cuda.graph_pool_handle() if self.use_graphs else None
             self.prompt_kv = self.prompt_bias = None
             w = self.w
             self.prompt_kv = torch.zeros(len(w.layers), 2, self.num_prompts, w.num_kv_heads, cap, w.head_dim,

@@ -85,6 +85,10 @@ class PretrainConfig:
         "help": "fraction of sequences that are a random program alone, with no task (a code prior: programs of "
                 "1..prior_max_calls lines, never a task with more than max_calls)"})
     prior_max_calls: int = field(default=30, metadata={"help": "longest program of the code prior, in calls"})
+    refine_fraction: float = field(default=0.0, metadata={
+        "help": "fraction of sequences that are refinement examples: a task of min..max_calls calls, a parent program "
+                "with 1-3 calls wrong, missing, extra or off by one and what it drew, and the task's program as the "
+                "completion"})
     num_workers: int = field(default=-1, metadata={
         "help": "data-loader processes per GPU; -1 = cores / GPUs - 1, 0 = inline"})
     seed: int = field(default=0, metadata={"help": "seed of the model init and the task stream"})
@@ -106,6 +110,9 @@ class PretrainConfig:
             raise ValueError(f"max_minutes must be > 0, got {self.max_minutes}")
         if not 0 <= self.prior_fraction < 1:
             raise ValueError(f"prior_fraction must be in [0, 1), got {self.prior_fraction}")
+        if not 0 <= self.refine_fraction < 1 - self.prior_fraction:
+            raise ValueError(f"refine_fraction must be >= 0 and refine_fraction + prior_fraction < 1 (some plain "
+                             f"tasks), got {self.refine_fraction} and {self.prior_fraction}")
         if self.prior_max_calls < 1 or self.max_line_gap < 0:
             raise ValueError(f"need prior_max_calls >= 1 and max_line_gap >= 0, got {self.prior_max_calls}, "
                              f"{self.max_line_gap}")

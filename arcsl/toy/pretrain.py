@@ -7,6 +7,7 @@ Examples:
         --output-dir out/toy-more                                                          # continue the shipped model
     python -m arcsl.toy.pretrain --init-from arcsl/toy/shipped_model --max-line-gap 32 --prior-fraction 0.25 --lr 1e-3 \
         --warmup-steps 100 --max-minutes 7.6 --output-dir out/toy5                        # how run 5 was made
+    python -m arcsl.toy.pretrain --tiny --max-steps 20 --refine-fraction 0.5 --output-dir out/toy-tiny-refine  # CPU
     accelerate launch --num_processes 4 -m arcsl.toy.pretrain --max-minutes 9 --output-dir out/toy
 
 Tasks are generated on the fly by data-loader processes (an endless stream; nothing is stored), so a
@@ -19,6 +20,10 @@ Written to the output folder:
     checkpoint/         accelerate state + meta.json (step, schedule length, elapsed time)
     model/              the Hugging Face model and tokenizer, ready for `from_pretrained`
     train_log.jsonl     one line per `--log-every` steps: loss, lr, samples/s, tokens/s
+
+With `--refine-fraction`, some sequences are refinement examples (`prompt.refine_prompt`): a task, a wrong
+parent program (`tasks.random_parent`) with what it drew, and the task's program as the completion. The
+parent sits in the prompt, so its line starts get no line gaps: those open completion lines only.
 
 Multi-GPU: each process draws its own task stream (seeded by its rank), so the data loader is not
 prepared by accelerate; gradients are averaged by DDP as usual. Loss is on the completion only.
@@ -43,8 +48,8 @@ from transformers import LlamaForCausalLM
 
 from arcsl.toy.config import ModelConfig, PretrainConfig, TaskConfig
 from arcsl.toy.model import TINY, build_model, num_parameters
-from arcsl.toy.prompt import training_example
-from arcsl.toy.tasks import FOOTER, LINE_PREFIXES, generate_task, random_program
+from arcsl.toy.prompt import refine_example, training_example
+from arcsl.toy.tasks import FOOTER, LINE_PREFIXES, generate_task, random_parent, random_program
 from arcsl.toy.tokenizer import build_tokenizer
 
 IGNORE = -100  # label of prompt and padding tokens: no loss there
@@ -104,10 +109,16 @@ def encode_batch(examples: list[tuple[str, str]], tokenizer, cfg: PretrainConfig
 
 
 def draw_example(cfg: PretrainConfig, task_cfg: TaskConfig, rng: np.random.Generator) -> tuple[str, str]:
-    """One (prompt, completion) pair: a task with min..max_calls calls, or (prior_fraction) a program alone."""
-    if rng.random() < cfg.prior_fraction:
+    """One (prompt, completion) pair: a task with min..max_calls calls, (prior_fraction) a program alone, or
+    (refine_fraction) a task with a wrong parent program to correct."""
+    # one draw picks the kind: with refine_fraction 0 the stream is the same as before refinement existed
+    kind = rng.random()
+    if kind < cfg.prior_fraction:
         return "", random_program(int(rng.integers(1, cfg.prior_max_calls + 1)), rng, task_cfg)
     toy = generate_task("pretrain", int(rng.integers(cfg.min_calls, cfg.max_calls + 1)), rng, task_cfg)
+    if kind < cfg.prior_fraction + cfg.refine_fraction:
+        parent = random_parent(toy, rng, task_cfg)
+        return refine_example(toy.task, parent.program, parent.feedback, toy.program)
     return training_example(toy.task, toy.program)
 
 

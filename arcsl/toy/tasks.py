@@ -17,7 +17,13 @@ What is covered:
 - a canonical line order: calls are sorted by their first point (row, then column), as far as
   overlaps allow: a call that overwrites another in a different colour stays after it, so the
   outputs do not change. A program written in reading order is easier to continue and to cut;
-- reproducibility: the same seed gives the same tasks.
+- reproducibility: the same seed gives the same tasks;
+- wrong parent programs for refinement (`random_parent`): the task's calls after 1-3 edits, each a
+  call replaced by a random one (`wrong`), deleted (`missing`), a random call inserted at a random line
+  (`extra`), or one number of a call off by one or another colour (`near`), with what the parent drew
+  on the train inputs (`Feedback`, as the sandbox would report it). Edits happen in place and the
+  parent is not reordered or pruned, so an inserted line may break the canonical order and a line may
+  draw nothing visible: both are mistakes a model makes too.
 
 What is not covered: executing model-written programs as Python (the sandbox's job); programs in
 the exact format can be applied without exec: `apply_calls(grid, parse_program(text))`.
@@ -29,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from arcsl.grids import Grid, Pair, Task
+from arcsl.prompting import Feedback, cut_error
 from arcsl.toy import draw
 from arcsl.toy.config import CALL_NAMES, TaskConfig
 
@@ -37,6 +44,7 @@ FOOTER = "    return g"
 LINE_PREFIXES = tuple(f"    g = {name}(g, " for name in CALL_NAMES)
 NUM_ARGS = {"pixel": 3, "line": 5, "rect": 5, "border": 5}  # colour last
 _LINE_RE = re.compile(r"    g = (\w+)\(g, (\d+(?:, \d+)*)\)")
+EDIT_KINDS = ("wrong", "missing", "extra", "near")  # how `random_parent` breaks a program
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,3 +247,78 @@ def generate_tasks(seed: int, num_tasks: int, num_calls: int, cfg: TaskConfig) -
     """`num_tasks` tasks with `num_calls` calls each, the same for the same seed."""
     rng = np.random.default_rng([seed, num_calls])
     return [generate_task(f"toy-{num_calls}c-{seed}-{i:04d}", num_calls, rng, cfg) for i in range(num_tasks)]
+
+
+# --- wrong parents, for refinement --------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Parent:
+    """A wrong program for a task: its calls, the edits that made it from the task's, and what it drew."""
+    calls: tuple[Call, ...]
+    edits: tuple[str, ...]  # the kinds (EDIT_KINDS) of its edits, in the order made
+    feedback: Feedback  # its outputs on the task's train inputs, or its error
+
+    @property
+    def program(self) -> str:
+        return program_text(list(self.calls))
+
+
+def run_calls(calls: list[Call], inputs: list[Grid]) -> Feedback:
+    """What `calls` draw on `inputs`, as the sandbox reports a program: every output, or the first error."""
+    try:
+        return Feedback(outputs=tuple(apply_calls(x, calls) for x in inputs))
+    except ValueError as e:  # the DSL refuses the call (a point outside the grid, a bent line)
+        return Feedback(outputs=None, error=cut_error(f"ValueError: {e}"))
+
+
+def near_miss(call: Call, rng: np.random.Generator) -> Call:
+    """`call` with one number changed: a coordinate by +-1 (possibly past the grid's last row or column) or
+    the colour to another."""
+    args = list(call.args)
+    i = int(rng.integers(len(args)))
+    if i == len(args) - 1:
+        args[i] = (args[i] + int(rng.integers(1, 10))) % 10
+    else:
+        step = 1 if rng.random() < 0.5 else -1
+        # 0 only goes up: programs never hold a minus sign (parse_program refuses one; the model never saw one)
+        args[i] += step if args[i] + step >= 0 else 1
+    return Call(call.name, tuple(args))
+
+
+def edit_calls(calls: list[Call], kind: str, height: int, width: int, rng: np.random.Generator,
+               cfg: TaskConfig) -> list[Call]:
+    """`calls` with one edit of `kind` (one of EDIT_KINDS) at a random line; new calls fit height x width."""
+    if kind == "extra":
+        i = int(rng.integers(len(calls) + 1))
+        return calls[:i] + [random_call(height, width, rng, cfg)] + calls[i:]
+    assert calls, f"a {kind!r} edit needs a call to change"
+    i = int(rng.integers(len(calls)))
+    if kind == "missing":
+        return calls[:i] + calls[i + 1:]
+    new = random_call(height, width, rng, cfg) if kind == "wrong" else near_miss(calls[i], rng)
+    return calls[:i] + [new] + calls[i + 1:]
+
+
+def random_parent(toy: ToyTask, rng: np.random.Generator, cfg: TaskConfig, max_edits: int = 3,
+                  max_attempts: int = 100) -> Parent:
+    """A wrong program for `toy`: its calls after 1..max_edits random edits, and what it drew on the train inputs.
+
+    Each edit's kind is drawn uniformly from those that apply (an empty program can only gain a call).
+    A parent that draws every train output right has nothing to fix and is drawn again; raises
+    ValueError after `max_attempts` such parents.
+    """
+    truth = parse_program(toy.program)
+    inputs = [p.input for p in toy.task.train]
+    height, width = inputs[0].shape
+    for _ in range(max_attempts):
+        calls, edits = truth, []
+        for _ in range(int(rng.integers(1, max_edits + 1))):
+            kinds = EDIT_KINDS if calls else ("extra",)
+            edits.append(kinds[int(rng.integers(len(kinds)))])
+            calls = edit_calls(calls, edits[-1], height, width, rng, cfg)
+        feedback = run_calls(calls, inputs)
+        if feedback.outputs is None or not all(np.array_equal(y, p.output)
+                                                for y, p in zip(feedback.outputs, toy.task.train)):
+            return Parent(tuple(calls), tuple(edits), feedback)
+    raise ValueError(f"no parent of {toy.task.id} in {max_attempts} attempts differs from its program on the "
+                     f"train outputs")
