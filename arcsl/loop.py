@@ -257,7 +257,8 @@ def search(runs: list[TaskRun], engine: Engine, pool: SandboxPool, timers: list[
            sample_until: float | None = None) -> list[list[Attempt]]:
     """Sample programs for every run's task (fresh views, and after the first round refine prompts of its parents:
     `plan_search`), run and score them: one engine call, each prompt through its task's adapter and with its
-    view's own seed; one sandbox batch. Returns each run's attempts. Sampling ends at `sample_until` (time.monotonic()) with the samples finished by then.
+    view's own seed; one sandbox batch. Returns each run's attempts. Sampling ends at `sample_until`
+    (time.monotonic()) with the samples finished by then.
 
     Each program goes to the sandbox as soon as its sample stops (the engine's `on_complete`), and the
     sandbox is serviced while the engine waits for its device (`idle`), so execution overlaps decoding;

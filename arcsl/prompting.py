@@ -8,8 +8,8 @@ view's train inputs as a `Feedback`) -> a prompt asking for a corrected program)
 `BARC_FORMAT`. Its refine prompt is BARC's prompt (same system text and grids) followed by the parent in a
 ```python block, per example its output in colour names and the cells where it differs from the expected
 one (an X mask), or its shape, or the error text, then the instruction to write a corrected `transform`.
-Other domains define their own (the toy domain's is `arcsl.toy.prompt.TOY_FORMAT`), and the edge (`arcsl.catalog`) maps the
-names a user types to them.
+Other domains define their own (the toy domain's is `arcsl.toy.prompt.TOY_FORMAT`), and the edge
+(`arcsl.catalog`) maps the names a user types to them.
 
 The BARC induction model answers with some prose and then a ```python fenced block holding the
 program: what the BARC induction models (xu3kev/BARC) were trained to write. `extract_program` takes the

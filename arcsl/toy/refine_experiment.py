@@ -18,6 +18,13 @@ A task is solved when one program is exact on every train and test grid (the ora
 solved tasks whose two submitted answers (pass@2) miss, which the selection must avoid. Writes
 OUTPUT_DIR/results.md and each arm's run folder; an arm already finished (its results store has every task) is
 not run again.
+
+    python -m arcsl.toy.refine_experiment --probe
+
+The refiner alone, without search or learning: for tasks of 3, 5 and 7 calls (10 per number, generator seed 7)
+the parent is the task's program without its last call, shown with what it drew; 8 refinements each from the
+shipped model at the demo's sampling settings, and 8 fresh samples from the plain prompt for comparison; prints
+how many of each are exact on the train pairs, and how many refinements copy the parent unchanged.
 """
 
 import argparse
@@ -104,6 +111,45 @@ def table(results: dict[tuple[str, int], dict[str, ArmOutcome]]) -> str:
     return "\n".join(lines)
 
 
+def probe_refiner(calls: tuple[int, ...] = (3, 5, 7), num_tasks: int = 10) -> dict[int, tuple[int, int, int, int]]:
+    """calls -> (refinements exact on train, refinements that copy the parent, fresh samples exact on train, samples
+    of each kind) from the shipped model."""
+    import numpy as np
+
+    from arcsl.engine.hf import load_engine
+    from arcsl.toy.config import TaskConfig
+    from arcsl.toy.prompt import refine_prompt, task_prompt
+    from arcsl.toy.tasks import apply_calls, generate_tasks, parse_program, program_text, run_calls
+    from arcsl.workers import engine_config
+
+    cfg = demo_config()
+    engine = load_engine(engine_config(cfg))
+    def drawn_calls(text: str, task) -> tuple[list | None, bool]:
+        try:
+            drawn = parse_program(text)
+            outputs = [apply_calls(p.input, drawn) for p in task.train]
+        except ValueError:  # not a program of the generator's form, or a call the DSL refuses
+            return None, False
+        return drawn, all(np.array_equal(o, p.output) for o, p in zip(outputs, task.train))
+
+    results, sampling = {}, replace(cfg.sampling, num_samples=8)
+    for n in calls:
+        exact = copies = fresh = total = 0
+        for toy in generate_tasks(7, num_tasks, n, TaskConfig()):
+            parent = parse_program(toy.program)[:-1]
+            prompt = refine_prompt(toy.task, program_text(parent), run_calls(parent, [p.input for p in toy.task.train]))
+            refined, plain = engine.sample([prompt, task_prompt(toy.task)], sampling, seed=[0, 1]).completions
+            for c in refined:
+                drawn, is_exact = drawn_calls(c.text, toy.task)
+                exact, copies = exact + is_exact, copies + (drawn == parent)
+            fresh += sum(drawn_calls(c.text, toy.task)[1] for c in plain)
+            total += len(refined)
+        results[n] = (exact, copies, fresh, total)
+        print(f"{n} calls, the last one missing: {exact} of {total} refinements exact ({copies} copy the parent); "
+              f"{fresh} of {total} fresh samples exact", flush=True)
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -111,7 +157,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--refine-programs", type=int, default=8,
                         help="programs of each later round that refine (of the demo's 16)")
     parser.add_argument("--output-dir", default="out/toy-refine")
+    parser.add_argument("--probe", action="store_true", help="only the refiner's accuracy by number of calls")
     args = parser.parse_args(argv)
+    if args.probe:
+        probe_refiner()
+        return 0
     out = Path(args.output_dir)
     results = {}
     for task_set in args.task_sets:
