@@ -10,6 +10,9 @@ outputs; `score_task` summarises all attempts of a task in the columns the seed 
   solves train" by "some program solves test", which may be two different programs.
 - `solved_at_2`: the Kaggle metric for the two predictions per test input actually selected.
 
+With refinement, an attempt records its key within the task and its parent's, and `score_task` counts the
+refined attempts, those better on train than their parent, and whether a refinement solved the task first.
+
 Everything here is pure (values in, values out). What is not covered: choosing the two predictions
 (`selection.py`), running programs (`sandbox.py`), recording attempts (`store.py`).
 """

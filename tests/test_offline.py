@@ -171,4 +171,7 @@ def test_two_processes_train_the_adapter_one_process_trains(searched, trained, t
     assert manifest["num_processes"] == 2
     assert manifest["losses"] == pytest.approx(json.loads((one / "manifest.json").read_text())["losses"], rel=1e-4)
     a, b = adapter_tensors(one), adapter_tensors(two)
-    assert all(torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-5) for k in a)
+    # Adam divides by each element's gradient RMS: where a gradient is near zero, the order of the float sums
+    # can move an element by a visible fraction of a step (lr 1e-3). Measured 6e-6 and, once in CI, just over
+    # 1e-5 (2026-12-08); a tenth of a step bounds that and still catches a wrong sum (whole steps apart)
+    assert all(torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-4) for k in a)

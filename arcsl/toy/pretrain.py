@@ -7,6 +7,8 @@ Examples:
         --output-dir out/toy-more                                                          # continue the shipped model
     python -m arcsl.toy.pretrain --init-from arcsl/toy/shipped_model --max-line-gap 32 --prior-fraction 0.25 --lr 1e-3 \
         --warmup-steps 100 --max-minutes 7.6 --output-dir out/toy5                        # how run 5 was made
+    python -m arcsl.toy.pretrain --init-from arcsl/toy/shipped_model --max-line-gap 32 --prior-fraction 0.25 \
+        --refine-fraction 0.35 --lr 1e-3 --warmup-steps 100 --max-minutes 8 --output-dir out/toy6  # run 6 (shipped)
     python -m arcsl.toy.pretrain --tiny --max-steps 20 --refine-fraction 0.5 --output-dir out/toy-tiny-refine  # CPU
     accelerate launch --num_processes 4 -m arcsl.toy.pretrain --max-minutes 9 --output-dir out/toy
 
