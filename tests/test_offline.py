@@ -172,6 +172,7 @@ def test_two_processes_train_the_adapter_one_process_trains(searched, trained, t
     assert manifest["losses"] == pytest.approx(json.loads((one / "manifest.json").read_text())["losses"], rel=1e-4)
     a, b = adapter_tensors(one), adapter_tensors(two)
     # Adam divides by each element's gradient RMS: where a gradient is near zero, the order of the float sums
-    # can move an element by a visible fraction of a step (lr 1e-3). Measured 6e-6 and, once in CI, just over
-    # 1e-5 (2026-12-08); a tenth of a step bounds that and still catches a wrong sum (whole steps apart)
-    assert all(torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-4) for k in a)
+    # can move an element by a large part of a step (lr 1e-3): 6e-6 at most in one run, 4.6e-4 in another
+    # (2026-12-08; 1e-5 failed now and then, on a25482b too). The losses above catch a wrong sum; this checks
+    # that no weight is a whole step apart
+    assert all(torch.allclose(a[k], b[k], rtol=1e-3, atol=1e-3) for k in a)
