@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from arcsl.augment import Augmentation, augment, transform_grid
 from arcsl.config import RelabelConfig
 from arcsl.grids import Pair, Task
 from arcsl.refine import behaviour, parent_view
@@ -42,12 +41,9 @@ def relabelled_task(task: Task, attempt: Attempt) -> Task:
     """The view `attempt` was sampled from, its train outputs replaced by the program's outputs."""
     assert attempt.train_outputs is not None and all(g is not None for g in attempt.train_outputs), \
         f"task {task.id}: only attempts with every train output can be relabelled"
-    aug = attempt.augmentation or Augmentation()
-    view = augment(task, aug)
-    order = aug.train_order or range(len(task.train))
-    produced = [transform_grid(attempt.train_outputs[i], aug) for i in order]
-    train = tuple(Pair(p.input, out) for p, out in zip(view.train, produced))
-    return Task(task.id, train, tuple(Pair(p.input) for p in view.test), aug)
+    view, produced = parent_view(task, attempt)  # its outputs in the view's frame and train order
+    train = tuple(Pair(p.input, out) for p, out in zip(view.train, produced.outputs, strict=True))
+    return Task(task.id, train, tuple(Pair(p.input) for p in view.test), view.augmentation)
 
 
 def train_fingerprint(attempt: Attempt) -> str:
